@@ -1,0 +1,30 @@
+# The two commands that set up a fresh machine: `make demo` and `make test`.
+# Both create the virtual environment, install torch==2.13.0 first (a CPU build;
+# any other torch requirement would pull gigabytes of CUDA wheels), then the package.
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_VERSION ?= 2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.zspace-installed
+
+.PHONY: demo test venv data clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+data:
+	@bash scripts/ensure-fashion-mnist.sh
+
+demo: $(STAMP) data
+	$(VENV)/bin/zspace demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

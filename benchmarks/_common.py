@@ -1,0 +1,40 @@
+"""Shared by the benchmarks: data location, machine facts, and RESULTS.md sections."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def use_shared_data() -> None:
+    """Points zspace at ../shared/data (MNIST's keras .npz) unless ZSPACE_DATA is set."""
+    if "ZSPACE_DATA" not in os.environ and SHARED_DATA.is_dir():
+        os.environ["ZSPACE_DATA"] = str(SHARED_DATA)
+
+
+def command_line() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+
+
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def update_section(name: str, markdown: str) -> None:
+    """Replaces (or appends) the section between this benchmark's markers in RESULTS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{markdown.strip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)

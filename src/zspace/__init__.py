@@ -1,0 +1,27 @@
+"""zspace: deep latent-variable generative models that reproduce the literature.
+
+    import zspace
+    run = zspace.train("vae", "fashion-mnist", latent_dim=32, out="runs/fm-vae",
+                       config=zspace.TrainConfig(epochs=50))
+    report = zspace.evaluate_likelihood(run.model, run.loader("test"), num_samples=1000)
+"""
+__version__ = "0.1.0"
+
+from .data import ArrayData, BatchLoader, DataSplits, Preprocessing, load_dataset  # noqa: E402
+from .distributions import Bernoulli, DiagonalGaussian, Gaussian  # noqa: E402
+from .errors import (CheckpointError, ConfigError, DataError, TrainingDiverged,  # noqa: E402
+                     ZspaceError)
+from .evaluation import (bits_per_dim, evaluate_likelihood,  # noqa: E402
+                         importance_sampled_log_likelihood, reconstruction_error)
+from .models import VAE, Autoencoder, AutoencoderConfig, VAEConfig, build_model  # noqa: E402
+from .training import DataSpec, Run, TrainConfig, Trainer, load_run, resume, train  # noqa: E402
+
+__all__ = [
+    "ArrayData", "BatchLoader", "DataSplits", "Preprocessing", "load_dataset",
+    "Bernoulli", "DiagonalGaussian", "Gaussian",
+    "CheckpointError", "ConfigError", "DataError", "TrainingDiverged", "ZspaceError",
+    "bits_per_dim", "evaluate_likelihood", "importance_sampled_log_likelihood",
+    "reconstruction_error",
+    "VAE", "Autoencoder", "AutoencoderConfig", "VAEConfig", "build_model",
+    "DataSpec", "Run", "TrainConfig", "Trainer", "load_run", "resume", "train",
+]

@@ -1,0 +1,262 @@
+"""Where data comes from: named data sets and the user's own files.
+
+Named sets are looked for, in order, in ``$ZSPACE_DATA``, ``/usr/share/datasets``
+(Debian's dataset-* packages) and the user cache (``$XDG_CACHE_HOME/zspace`` or
+``~/.cache/zspace``). Fashion-MNIST and MNIST are downloaded from their official
+sources into the cache, with the published MD5 checksums verified, only when no
+local copy exists and the network answers.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .dataset import ArrayData, DataSplits
+from .idx import read_idx
+
+# Official files and MD5 checksums, as published by the data sets' authors.
+_IDX_SETS = {
+    "fashion-mnist": {
+        "url": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "files": {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    },
+    "mnist": {
+        "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",  # torchvision's mirror of LeCun's files
+        "files": {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    },
+}
+NAMED_DATASETS = ("fashion-mnist", "mnist", "digits")
+CLASS_NAMES = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    "mnist": tuple(str(i) for i in range(10)),
+    "digits": tuple(str(i) for i in range(10)),
+}
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "zspace"
+
+
+def search_dirs(name: str) -> list[Path]:
+    """Folders where the named data set may live, in search order."""
+    dirs = []
+    if os.environ.get("ZSPACE_DATA"):
+        root = Path(os.environ["ZSPACE_DATA"])
+        dirs += [root / name, root]
+    dirs += [Path("/usr/share/datasets") / name, cache_dir() / name]
+    return dirs
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download(url: str, dest: Path, md5: str, timeout: float = 30.0) -> Path:
+    """Downloads ``url`` to ``dest`` atomically; raises DataError unless the MD5 matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            while block := resp.read(1 << 20):
+                out.write(block)
+        got = _md5(Path(tmp))
+        if got != md5:
+            raise DataError(f"{url}: checksum mismatch (MD5 {got}, expected {md5}); file discarded")
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"cannot download {url}: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return dest
+
+
+def _find_idx_folder(name: str) -> Path | None:
+    files = _IDX_SETS[name]["files"]
+    for d in search_dirs(name):
+        for suffix in (".gz", ""):  # accept decompressed copies too
+            if all((d / f.replace(".gz", suffix)).is_file() for f in files):
+                return d
+    return None
+
+
+def _load_idx_pair(folder: Path, prefix: str, name: str, gz: bool) -> ArrayData:
+    ext = ".gz" if gz else ""
+    images = read_idx(folder / f"{prefix}-images-idx3-ubyte{ext}")
+    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}")
+    if images.ndim != 3 or labels.ndim != 1:
+        raise DataError(f"{folder}: expected (N, H, W) images and (N,) labels, "
+                        f"got {images.shape} and {labels.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{folder}: {len(images)} {prefix} images but {len(labels)} labels")
+    return ArrayData.from_arrays(images, labels, name=f"{name}/{prefix}")
+
+
+def load_idx_dataset(name: str, *, download_missing: bool = True) -> DataSplits:
+    """Fashion-MNIST or MNIST from the official IDX files (see module docstring)."""
+    folder = _find_idx_folder(name)
+    if folder is None and name == "mnist":
+        for d in search_dirs(name):
+            if (d / "mnist.npz").is_file():
+                return load_npz(d / "mnist.npz", name="mnist")
+    if folder is None:
+        if not download_missing:
+            raise DataError(_missing_message(name))
+        spec = _IDX_SETS[name]
+        folder = cache_dir() / name
+        try:
+            for fname, md5 in spec["files"].items():
+                if not (folder / fname).is_file():
+                    download(spec["url"] + fname, folder / fname, md5)
+        except DataError as e:
+            raise DataError(f"{_missing_message(name)}; download failed: {e}") from None
+    gz = (folder / "t10k-images-idx3-ubyte.gz").is_file()
+    return DataSplits(_load_idx_pair(folder, "train", name, gz),
+                      _load_idx_pair(folder, "t10k", name, gz), name)
+
+
+def _missing_message(name: str) -> str:
+    where = ", ".join(str(d) for d in search_dirs(name))
+    hint = " (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""
+    return f"{name} not found in {where}{hint}; set ZSPACE_DATA to a folder holding it"
+
+
+def load_digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DataSplits:
+    """scikit-learn's 8x8 digits (1,797 images, values 0-16) scaled to 8-bit, split by seed."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    return split_holdout(ArrayData.from_arrays(x, d.target, name="digits"), test_fraction, seed)
+
+
+def split_holdout(data: ArrayData, test_fraction: float, seed: int) -> DataSplits:
+    """Random train/test split of a single array set (fixed by ``seed``)."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
+    n_test = int(round(len(data) * test_fraction))
+    if n_test < 1 or n_test >= len(data):
+        raise DataError(f"{data.name}: {len(data)} examples are too few to hold out a test split")
+    perm = np.random.default_rng(seed).permutation(len(data))
+    return DataSplits(data.subset(np.sort(perm[n_test:])), data.subset(np.sort(perm[:n_test])),
+                      data.name)
+
+
+def load_npz(path: str | Path, name: str | None = None, test_fraction: float = 0.1,
+             seed: int = 0) -> DataSplits:
+    """An ``.npz`` in keras layout (x_train, y_train, x_test, y_test) or with x (and y)."""
+    path = Path(path)
+    name = name or path.stem
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read .npz ({e})") from None
+    if "x_train" in arrays and "x_test" in arrays:
+        train = ArrayData.from_arrays(arrays["x_train"], arrays.get("y_train"), f"{name}/train")
+        test = ArrayData.from_arrays(arrays["x_test"], arrays.get("y_test"), f"{name}/test")
+        return DataSplits(train, test, name)
+    if "x" in arrays:
+        data = ArrayData.from_arrays(arrays["x"], arrays.get("y"), name)
+        return split_holdout(data, test_fraction, seed)
+    raise DataError(f"{path}: .npz needs arrays x_train and x_test, or x; found {sorted(arrays)}")
+
+
+def load_csv(path: Path, label_column: str | int | None = None) -> ArrayData:
+    """A numeric CSV; a header row is detected; ``label_column`` (name or index) becomes y."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read CSV ({e})") from None
+    if not rows:
+        raise DataError(f"{path}: empty CSV")
+    header = None
+    try:
+        [float(v) for v in rows[0]]
+    except ValueError:
+        header, rows = rows[0], rows[1:]
+    if not rows:
+        raise DataError(f"{path}: CSV has a header but no data rows")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise DataError(f"{path}: rows have different numbers of columns {sorted(widths)}")
+    try:
+        table = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    except ValueError as e:
+        raise DataError(f"{path}: non-numeric value ({e})") from None
+    y = None
+    if label_column is not None:
+        if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
+            if header is None or label_column not in header:
+                raise DataError(f"{path}: no column named {label_column!r}")
+            col = header.index(label_column)
+        else:
+            col = int(label_column)
+            if not -table.shape[1] <= col < table.shape[1]:
+                raise DataError(f"{path}: label column {col} out of range")
+        y = table[:, col]
+        table = np.delete(table, col, axis=1)
+    return ArrayData.from_arrays(table.astype(np.float32), y, name=path.stem)
+
+
+def load_file(path: str | Path, *, test_fraction: float = 0.1, seed: int = 0,
+              label_column: str | int | None = None) -> DataSplits:
+    """The user's own file: .npy, .npz, .csv or an IDX file (optionally .gz)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    suffixes = "".join(path.suffixes).lower()
+    if suffixes.endswith(".npz"):
+        return load_npz(path, test_fraction=test_fraction, seed=seed)
+    if suffixes.endswith(".npy"):
+        try:
+            x = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: cannot read .npy ({e})") from None
+        return split_holdout(ArrayData.from_arrays(x, name=path.stem), test_fraction, seed)
+    if suffixes.endswith(".csv"):
+        return split_holdout(load_csv(path, label_column), test_fraction, seed)
+    if "idx" in path.name or "ubyte" in path.name:
+        return split_holdout(ArrayData.from_arrays(read_idx(path), name=path.stem),
+                             test_fraction, seed)
+    raise DataError(f"{path}: unknown file type; use .npy, .npz, .csv or an IDX file")
+
+
+def load_dataset(source, *, test_fraction: float = 0.1, seed: int = 0,
+                 label_column=None, download_missing: bool = True) -> DataSplits:
+    """A named data set ('fashion-mnist', 'mnist', 'digits'), a file path, or DataSplits."""
+    if isinstance(source, DataSplits):
+        return source
+    source = str(source)
+    if source in _IDX_SETS:
+        return load_idx_dataset(source, download_missing=download_missing)
+    if source == "digits":
+        return load_digits_dataset(seed=seed)
+    if os.sep in source or "." in source:
+        return load_file(source, test_fraction=test_fraction, seed=seed, label_column=label_column)
+    raise DataError(f"unknown data set {source!r}: use {', '.join(NAMED_DATASETS)} or a file path")

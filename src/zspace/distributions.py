@@ -1,0 +1,145 @@
+"""Distributions over z (encoder) and x (decoder).
+
+Every log-probability is in nats, summed over the event dimensions (all but the
+first, batch, dimension) and includes every normalising constant, so likelihoods
+are comparable with the literature (Kingma & Welling 2014; Burda et al. 2016).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_event(t: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """Sums the trailing ``event_dims`` dimensions."""
+    return t.flatten(start_dim=t.dim() - event_dims).sum(-1) if event_dims else t
+
+
+class DiagonalGaussian:
+    """N(mean, diag(exp(log_var))) over vectors; shapes (..., D)."""
+
+    def __init__(self, mean: torch.Tensor, log_var: torch.Tensor):
+        self.mean = mean
+        self.log_var = log_var
+
+    @property
+    def std(self) -> torch.Tensor:
+        return torch.exp(0.5 * self.log_var)
+
+    def rsample(self, num_samples: int | None = None) -> torch.Tensor:
+        """Reparameterised sample: mean + std * eps. Shape (S, ..., D) if num_samples."""
+        shape = self.mean.shape if num_samples is None else (num_samples, *self.mean.shape)
+        eps = torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+        return self.mean + self.std * eps
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; mean, var) in nats, summed over D. z broadcasts against mean."""
+        sq = (z - self.mean) ** 2 * torch.exp(-self.log_var)
+        return -0.5 * (sq + self.log_var + LOG_2PI).sum(-1)
+
+    def kl_standard_normal(self) -> torch.Tensor:
+        """KL(q || N(0, I)) in closed form (Kingma & Welling 2014, appendix B); shape (...)."""
+        return 0.5 * (self.mean**2 + torch.exp(self.log_var) - 1.0 - self.log_var).sum(-1)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) in nats, summed over the last dimension."""
+    return -0.5 * (z**2 + LOG_2PI).sum(-1)
+
+
+class Bernoulli:
+    """Independent Bernoulli over every dimension of x, parameterised by logits.
+
+    ``event_dims`` trailing dimensions form one observation (e.g. 3 for (C, H, W)).
+    """
+
+    def __init__(self, logits: torch.Tensor, event_dims: int):
+        self.logits = logits
+        self.event_dims = event_dims
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        # -BCE with logits is log p exactly and stays finite for confident logits.
+        x = x.expand_as(self.logits) if x.shape != self.logits.shape else x
+        ll = -F.binary_cross_entropy_with_logits(self.logits, x, reduction="none")
+        return _sum_event(ll, self.event_dims)
+
+    def mean(self) -> torch.Tensor:
+        return self.probs
+
+    def sample(self) -> torch.Tensor:
+        return torch.bernoulli(self.probs)
+
+
+class Gaussian:
+    """Independent Gaussian over every dimension of x with mean and log-variance.
+
+    With a fixed variance c, log p(x|z) = -||x - mu||^2 / (2c) - D/2 log(2 pi c): the
+    lectures' weight C = 1/(2c) between squared reconstruction error and the KL.
+    """
+
+    def __init__(self, mean: torch.Tensor, log_var: torch.Tensor, event_dims: int):
+        self.loc = mean
+        self.log_var = log_var
+        self.event_dims = event_dims
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        sq = (x - self.loc) ** 2 * torch.exp(-self.log_var)
+        ll = -0.5 * (sq + self.log_var + LOG_2PI)
+        if ll.shape != self.loc.shape:  # broadcast log_var was smaller than x
+            ll = ll.expand(torch.broadcast_shapes(ll.shape, self.loc.shape))
+        return _sum_event(ll, self.event_dims)
+
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    def sample(self) -> torch.Tensor:
+        return self.loc + torch.exp(0.5 * self.log_var) * torch.randn_like(self.loc)
+
+
+LIKELIHOODS = ("bernoulli", "gaussian-fixed", "gaussian-learned")
+
+
+class DecoderLikelihood:
+    """Turns a decoder's raw output into a distribution over x.
+
+    bernoulli: output = logits, one channel per dimension of x.
+    gaussian-fixed: output = mean; variance is the constant ``variance`` (c).
+    gaussian-learned: output = mean and log-variance stacked on the channel axis,
+    so the decoder has twice the channels of x.
+    """
+
+    def __init__(self, name: str, variance: float = 1.0):
+        if name not in LIKELIHOODS:
+            raise ConfigError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if not (variance > 0 and math.isfinite(variance)):
+            raise ConfigError(f"likelihood variance must be positive and finite, got {variance}")
+        self.name = name
+        self.variance = variance
+
+    @property
+    def params_per_dim(self) -> int:
+        return 2 if self.name == "gaussian-learned" else 1
+
+    def __call__(self, out: torch.Tensor, event_dims: int):
+        if self.name == "bernoulli":
+            return Bernoulli(out, event_dims)
+        if self.name == "gaussian-fixed":
+            log_var = torch.full((), math.log(self.variance), dtype=out.dtype, device=out.device)
+            return Gaussian(out, log_var, event_dims)
+        # Split the first event axis: (..., 2C, H, W) or (..., 2D).
+        mean, log_var = out.chunk(2, dim=out.dim() - event_dims)
+        # Bounded log-variance keeps the density finite on flat regions (all-zero pixels).
+        return Gaussian(mean, log_var.clamp(min=-9.0, max=5.0), event_dims)

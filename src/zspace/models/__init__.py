@@ -1,0 +1,7 @@
+"""Model families, one file each, all registered by name for the trainer and CLI."""
+from .autoencoder import Autoencoder, AutoencoderConfig
+from .base import MODELS, Losses, Model, build_model
+from .vae import VAE, VAEConfig
+
+__all__ = ["Autoencoder", "AutoencoderConfig", "VAE", "VAEConfig", "MODELS", "Losses", "Model",
+           "build_model"]

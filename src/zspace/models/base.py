@@ -1,0 +1,95 @@
+"""What every zspace model shares: a frozen config, named loss terms, a registry.
+
+The trainer, checkpoints and CLI only use this interface, so a new model family
+(PixelCNN, VQ-VAE, sparse autoencoder) plugs in by subclassing :class:`Model` and
+registering its config and class.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+@dataclass
+class Losses:
+    """The scalar to minimise and per-example terms (B,) reported in nats."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+class ModelConfig:
+    """Mixin for frozen dataclass configs: JSON round trip with unknown keys rejected."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown option(s) {', '.join(sorted(unknown))}")
+        # JSON turns tuples into lists; configs keep tuples so they stay hashable and frozen.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_positive(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+
+
+class Model(nn.Module):
+    """Base class: ``loss(x, y, warmup)`` is all the trainer needs.
+
+    ``warmup`` in [0, 1] is the progress of an optional warm-up of regularisation
+    terms (the KL of a VAE); models without such a term ignore it.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+
+    @property
+    def num_dims(self) -> int:
+        return int(math.prod(self.config.input_shape))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, warmup: float = 1.0) -> Losses:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+MODELS: dict[str, type[Model]] = {}
+
+
+def register(cls: type[Model]) -> type[Model]:
+    MODELS[cls.name] = cls
+    return cls
+
+
+def build_model(name: str, config: dict[str, Any] | Any) -> Model:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    cls = MODELS[name]
+    cfg = config if isinstance(config, cls.config_class) else cls.config_class.from_dict(dict(config))
+    return cls(cfg)

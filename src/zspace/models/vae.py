@@ -1,0 +1,146 @@
+"""Variational autoencoder (Kingma & Welling 2014), β-VAE (Higgins et al. 2017) and the
+importance-weighted bound (IWAE, Burda et al. 2016) on one model.
+
+    q(z|x) = N(mu(x), diag sigma^2(x))      encoder -> DiagonalGaussian
+    p(x|z) = Bernoulli / Gaussian           decoder -> DecoderLikelihood
+    ELBO   = E_q[log p(x|z)] - KL(q || N(0, I))          (closed-form KL)
+    IWAE_k = E[log 1/k sum_i p(x, z_i) / q(z_i|x)],  z_i ~ q(z|x)
+
+All quantities are in nats per example.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..distributions import DecoderLikelihood, DiagonalGaussian, LIKELIHOODS, standard_normal_log_prob
+from ..errors import ConfigError
+from .base import Losses, Model, ModelConfig, check_positive, check_positive_int, register
+from .networks import build_decoder, build_encoder, check_architecture
+
+
+@dataclass(frozen=True)
+class VAEConfig(ModelConfig):
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    latent_dim: int = 32
+    architecture: str = "mlp"            # "mlp" or "conv"
+    hidden: tuple[int, ...] = (512, 256)  # MLP widths, encoder order; the decoder mirrors them
+    channels: tuple[int, ...] = (32, 64)  # conv channels per stride-2 stage
+    activation: str = "relu"
+    upsample: str = "transpose"          # conv decoder: "transpose" or "nearest"
+    likelihood: str = "bernoulli"        # "bernoulli", "gaussian-fixed", "gaussian-learned"
+    variance: float = 1.0                # c of gaussian-fixed; C = 1/(2c) weighs the squared error
+    beta: float = 1.0                    # weight on the KL (β-VAE); 1 is the true ELBO
+    iw_samples: int = 1                  # k > 1 trains the IWAE bound with k samples
+
+    def __post_init__(self):
+        if not self.input_shape or any(int(s) < 1 for s in self.input_shape):
+            raise ConfigError(f"input_shape must be positive sizes, got {self.input_shape}")
+        check_positive_int("latent_dim", self.latent_dim)
+        check_positive_int("iw_samples", self.iw_samples)
+        check_positive("beta", self.beta)
+        check_positive("variance", self.variance)
+        if self.likelihood not in LIKELIHOODS:
+            raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
+        if self.iw_samples > 1 and self.beta != 1.0:
+            raise ConfigError("the IWAE bound (iw_samples > 1) is defined for beta = 1 only")
+        check_architecture(self)
+
+
+@register
+class VAE(Model):
+    name = "vae"
+    config_class = VAEConfig
+
+    def __init__(self, config: VAEConfig, encoder: nn.Module | None = None,
+                 decoder: nn.Module | None = None):
+        """``encoder``: x (B, *input_shape) -> (B, 2 * latent_dim) [mean, log-variance];
+        ``decoder``: z (B, latent_dim) -> likelihood parameters, (B, P * prod(input_shape))
+        or (B, P * C, H, W), with P = 2 for gaussian-learned and 1 otherwise."""
+        super().__init__(config)
+        self.likelihood = DecoderLikelihood(config.likelihood, config.variance)
+        self.encoder = encoder if encoder is not None else build_encoder(config, 2 * config.latent_dim)
+        self.decoder = decoder if decoder is not None else build_decoder(
+            config, self.likelihood.params_per_dim)
+        self.custom_networks = encoder is not None or decoder is not None
+        if self.custom_networks:
+            self._check_networks()
+
+    def _check_networks(self) -> None:
+        cfg = self.config
+        with torch.no_grad():
+            try:
+                h = self.encoder(torch.zeros(2, *cfg.input_shape))
+                out = self.decoder(torch.zeros(2, cfg.latent_dim))
+            except RuntimeError as e:
+                raise ConfigError(f"injected network failed on a test batch: {e}") from None
+        if tuple(h.shape) != (2, 2 * cfg.latent_dim):
+            raise ConfigError(f"encoder must return (B, {2 * cfg.latent_dim}), returned {tuple(h.shape[1:])} per example")
+        want = self.likelihood.params_per_dim * self.num_dims
+        if out[0].numel() != want:
+            raise ConfigError(f"decoder must return {want} values per example, returned {out[0].numel()}")
+
+    def describe(self) -> str:
+        c = self.config
+        obj = f"IWAE k={c.iw_samples}" if c.iw_samples > 1 else ("VAE" if c.beta == 1 else f"β-VAE β={c.beta:g}")
+        return f"{obj}, {c.architecture}, z={c.latent_dim}, {c.likelihood}"
+
+    # ---- the two distributions -------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> DiagonalGaussian:
+        """q(z|x) for x (B, *input_shape)."""
+        mean, log_var = self.encoder(x).chunk(2, dim=-1)
+        return DiagonalGaussian(mean, log_var)
+
+    def decode(self, z: torch.Tensor):
+        """p(x|z) for z (..., latent_dim); leading dimensions are kept."""
+        lead = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        shape = self.config.input_shape
+        out = out.reshape(*lead, self.likelihood.params_per_dim * shape[0], *shape[1:])
+        return self.likelihood(out, event_dims=len(shape))
+
+    # ---- objectives --------------------------------------------------------------------
+    def elbo_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E_q log p(x|z) with one sample, KL(q||p)), each (B,) in nats."""
+        q = self.encode(x)
+        rec = self.decode(q.rsample()).log_prob(x)
+        return rec, q.kl_standard_normal()
+
+    def log_importance_weights(self, x: torch.Tensor, q: DiagonalGaussian, k: int) -> torch.Tensor:
+        """log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q; shape (k, B)."""
+        z = q.rsample(k)                                   # (k, B, D)
+        log_px_z = self.decode(z).log_prob(x)              # x broadcasts over k
+        return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
+
+    def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
+        k = self.config.iw_samples
+        if k == 1:
+            rec, kl = self.elbo_terms(x)
+            loss = -(rec - self.config.beta * warmup * kl).mean()
+            return Losses(loss, {"elbo": (rec - kl).detach(), "rec": rec.detach(), "kl": kl.detach()})
+        q = self.encode(x)
+        log_w = self.log_importance_weights(x, q, k)
+        bound = torch.logsumexp(log_w, dim=0) - math.log(k)
+        return Losses(-bound.mean(), {"iwae": bound.detach(), "elbo": log_w.mean(0).detach(),
+                                      "kl": q.kl_standard_normal().detach()})
+
+    # ---- uses ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
+        """n draws z ~ N(0, I) decoded: the likelihood's mean (default) or a sample of x."""
+        device = next(self.parameters()).device
+        p = self.decode(torch.randn(n, self.config.latent_dim, device=device))
+        return p.mean() if mean else p.sample()
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder mean at the posterior mean."""
+        return self.decode(self.encode(x).mean).mean()
+
+    @torch.no_grad()
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean, (B, latent_dim)."""
+        return self.encode(x).mean

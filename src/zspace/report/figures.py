@@ -1,0 +1,121 @@
+"""PNG figures of a run: reconstructions beside inputs, prior samples, loss curves.
+
+Every figure's title says which data, which model and how many examples it shows.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..errors import ConfigError  # noqa: E402
+
+
+def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
+    """(N, C, H, W) or (N, H, W) values in [0, 1] -> one (rows*H, cols*W[, C]) image."""
+    x = images.detach().cpu().float().numpy() if torch.is_tensor(images) else np.asarray(images, float)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ConfigError(f"image grid needs (N, 1|3, H, W) images, got shape {x.shape}")
+    n, c, h, w = x.shape
+    ncols = ncols or int(math.ceil(math.sqrt(n)))
+    nrows = int(math.ceil(n / ncols))
+    grid = np.ones((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c))
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h,
+             pad + col * (w + pad):pad + col * (w + pad) + w] = x[i].transpose(1, 2, 0)
+    grid = np.clip(grid, 0, 1)
+    return grid[..., 0] if c == 1 else grid
+
+
+def save_image_grid(images, path: str | Path, title: str = "", ncols: int | None = None) -> Path:
+    grid = image_grid(images, ncols)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = grid.shape[:2]
+    fig = plt.figure(figsize=(max(3.0, w / 40), max(3.0, h / 40) + (0.5 if title else 0)), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 0.92 if title else 1])
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def as_images(x: torch.Tensor, input_shape) -> torch.Tensor | None:
+    """Model-space examples as (N, C, H, W) images in [0, 1], or None for non-image data."""
+    if len(input_shape) != 3 or input_shape[0] not in (1, 3):
+        if len(input_shape) == 1 and int(math.isqrt(input_shape[0])) ** 2 == input_shape[0]:
+            side = math.isqrt(input_shape[0])
+            return x.reshape(-1, 1, side, side).float().clamp(0, 1)
+        return None
+    x = x.float()
+    return (x / 255.0 if x.max() > 1 else x).clamp(0, 1)
+
+
+def save_reconstructions(run, path: Path, n: int = 16, split: str = "test") -> Path | None:
+    batch = next(iter(run.loader(split, batch_size=n, limit=n).epoch(0)))
+    model = run.model
+    shape = model.config.input_shape
+    with torch.no_grad():
+        rec = model.reconstruct(batch.x)
+    originals, recs = as_images(batch.x, shape), as_images(rec, shape)
+    if originals is None:
+        return None
+    pairs = torch.stack([originals, recs], 1).reshape(-1, *originals.shape[1:])
+    title = (f"{run.describe()}\n{split} inputs (left) and reconstructions (right), "
+             f"first {len(batch)} examples")
+    return save_image_grid(pairs, path, title, ncols=8)
+
+
+def save_samples(run, path: Path, n: int = 64, seed: int = 0) -> Path | None:
+    if not hasattr(run.model, "sample"):
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = run.model.sample(n)
+    images = as_images(x, run.model.config.input_shape)
+    if images is None:
+        return None
+    title = f"{run.describe()}\n{n} samples from the prior (decoder mean), seed {seed}"
+    return save_image_grid(images, path, title)
+
+
+def save_loss_curves(history: list[dict], path: Path, title: str) -> Path:
+    terms = sorted({k.split("_", 1)[1] for row in history for k in row if k.startswith(("train_", "test_"))})
+    fig, axes = plt.subplots(1, max(1, len(terms)), figsize=(3.2 * max(1, len(terms)), 3), squeeze=False)
+    for ax, term in zip(axes[0], terms):
+        for split, style in (("train", "-"), ("test", "--")):
+            pts = [(r["epoch"], r[f"{split}_{term}"]) for r in history if f"{split}_{term}" in r]
+            if pts:
+                ax.plot(*zip(*pts), style, marker=".", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{term} (nats/example)" if term in ("elbo", "rec", "kl", "iwae", "bce") else term,
+                     fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_run_figures(run) -> list[Path]:
+    """Reconstructions, samples and loss curves into RUN/figures/; returns the paths written."""
+    out = run.path / "figures"
+    written = [save_reconstructions(run, out / "reconstructions.png"),
+               save_samples(run, out / "samples.png"),
+               save_loss_curves(run.history(), out / "loss_curves.png",
+                                f"{run.describe()}: loss per epoch")]
+    return [p for p in written if p is not None]

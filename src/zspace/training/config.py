@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..models.base import ModelConfig, check_positive, check_positive_int
+
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ModelConfig):
+    epochs: int | None = 10
+    steps: int | None = None          # if set, stop after this many optimiser steps instead
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"       # decays to lr * lr_final_fraction over the run
+    lr_final_fraction: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float | None = None    # max global gradient norm
+    kl_warmup_epochs: float = 0.0     # linear warm-up of the KL weight (Bowman et al. 2016)
+    seed: int = 0
+    eval_every: int = 1               # epochs between evaluations on the test split
+    eval_limit: int | None = None     # examples used by the per-epoch evaluation (None: all)
+    threads: int | None = None        # torch intra-op threads (None: torch's default)
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.epochs is None and self.steps is None:
+            raise ConfigError("give a number of epochs or of steps")
+        if self.epochs is not None:
+            check_positive_int("epochs", self.epochs)
+        if self.steps is not None:
+            check_positive_int("steps", self.steps)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive("lr", self.lr)
+        check_positive_int("eval_every", self.eval_every)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+        if not 0 < self.lr_final_fraction <= 1:
+            raise ConfigError(f"lr_final_fraction must be in (0, 1], got {self.lr_final_fraction}")
+        if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None:
+            check_positive("grad_clip", self.grad_clip)
+        if self.kl_warmup_epochs < 0:
+            raise ConfigError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if self.eval_limit is not None:
+            check_positive_int("eval_limit", self.eval_limit)
+        if self.threads is not None:
+            check_positive_int("threads", self.threads)
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate for optimiser step ``step`` (0-based) of ``total_steps``."""
+        t = min(step / max(total_steps, 1), 1.0)
+        if self.lr_schedule == "constant":
+            return self.lr
+        if self.lr_schedule == "exponential":
+            return self.lr * self.lr_final_fraction ** t
+        lo = self.lr * self.lr_final_fraction
+        return lo + 0.5 * (self.lr - lo) * (1 + math.cos(math.pi * t))
