@@ -1,6 +1,7 @@
 """Shared by the benchmarks: data location, machine facts, and RESULTS.md sections."""
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import re
@@ -34,7 +35,10 @@ def update_section(name: str, markdown: str) -> None:
     """Replaces (or appends) the section between this benchmark's markers in RESULTS.md."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:  # benchmarks may finish together
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+        pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+        text = (pattern.sub(lambda _: block, text) if pattern.search(text)
+                else text.rstrip() + "\n\n" + block + "\n")
+        RESULTS.write_text(text)

@@ -109,6 +109,7 @@ class DataSplits:
     train: ArrayData
     test: ArrayData
     name: str
+    source: str | None = None   # how load_dataset can load it again (name or absolute path)
 
     def __post_init__(self):
         if self.train.example_shape != self.test.example_shape:
@@ -122,9 +123,17 @@ class DataSplits:
             )
 
     def split(self, name: str) -> ArrayData:
+        if name == "all":
+            return self.all()
         if name not in ("train", "test"):
-            raise DataError(f"unknown split {name!r}; choose 'train' or 'test'")
+            raise DataError(f"unknown split {name!r}; choose 'train', 'test' or 'all'")
         return self.train if name == "train" else self.test
+
+    def all(self) -> ArrayData:
+        """Training then test examples in one set."""
+        y = (None if self.train.y is None or self.test.y is None
+             else np.concatenate([self.train.y, self.test.y]))
+        return ArrayData(np.concatenate([self.train.x, self.test.x]), y, self.name)
 
     @property
     def example_shape(self) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ local copy exists and the network answers.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -52,6 +53,9 @@ CLASS_NAMES = {
 }
 
 
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")  # Debian's dataset-* packages
+
+
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(base) / "zspace"
@@ -63,7 +67,7 @@ def search_dirs(name: str) -> list[Path]:
     if os.environ.get("ZSPACE_DATA"):
         root = Path(os.environ["ZSPACE_DATA"])
         dirs += [root / name, root]
-    dirs += [Path("/usr/share/datasets") / name, cache_dir() / name]
+    dirs += [SYSTEM_DATA_DIR / name, cache_dir() / name]
     return dirs
 
 
@@ -254,9 +258,12 @@ def load_dataset(source, *, test_fraction: float = 0.1, seed: int = 0,
         return source
     source = str(source)
     if source in _IDX_SETS:
-        return load_idx_dataset(source, download_missing=download_missing)
-    if source == "digits":
-        return load_digits_dataset(seed=seed)
-    if os.sep in source or "." in source:
-        return load_file(source, test_fraction=test_fraction, seed=seed, label_column=label_column)
-    raise DataError(f"unknown data set {source!r}: use {', '.join(NAMED_DATASETS)} or a file path")
+        splits = load_idx_dataset(source, download_missing=download_missing)
+    elif source == "digits":
+        splits = load_digits_dataset(seed=seed)
+    elif os.sep in source or "." in source:
+        splits = load_file(source, test_fraction=test_fraction, seed=seed, label_column=label_column)
+        source = str(Path(source).resolve())
+    else:
+        raise DataError(f"unknown data set {source!r}: use {', '.join(NAMED_DATASETS)} or a file path")
+    return dataclasses.replace(splits, source=source)

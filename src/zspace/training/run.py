@@ -114,8 +114,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     or a built Model. ``data`` is a named set, a file path or DataSplits.
     """
     config = config or TrainConfig()
-    splits = load_dataset(data) if not isinstance(data, DataSplits) else data
-    source = data if isinstance(data, str) else f"<in-memory {splits.name}>"
+    splits = load_dataset(data)
+    source = splits.source or f"<in-memory {splits.name}>"
     torch.manual_seed(config.seed)  # fixes the initial weights too
     if isinstance(model, str):
         opts = {"input_shape": splits.example_shape, **model_options}

@@ -1,0 +1,279 @@
+"""The ``zspace`` command: parses, calls the library, prints. No logic of its own.
+
+Model and training flags are generated from the config dataclasses, so every option a
+config has is a flag (``latent_dim`` -> ``--latent-dim``) and new model families get
+theirs without touching this file. A user error prints one line and exits with 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from .errors import ConfigError, ZspaceError
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_config_flags(p: argparse.ArgumentParser, cls, skip=(), title=None) -> None:
+    """One flag per dataclass field; the default is the config's (shown in --help)."""
+    group = p.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        base = next((a for a in args if a is not type(None)), hint) if args else hint
+        if typing.get_origin(hint) is tuple or typing.get_origin(base) is tuple:
+            kind, shown = _parse_ints, ",".join(map(str, f.default))
+        elif base is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None,
+                               help=f"default: {f.default}")
+            continue
+        else:
+            kind, shown = (base if base in (int, float, str) else str), f.default
+        group.add_argument(_flag(f.name), type=kind, default=None, metavar=f.name.split("_")[-1].upper(),
+                           help=f"default: {shown}")
+
+
+def _given(ns: argparse.Namespace, cls, skip=()) -> dict:
+    return {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and getattr(ns, f.name, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data.transforms import PREPROCESSING
+    from .models import MODELS
+    from .training import TrainConfig
+
+    p = _Parser(prog="zspace", description="Deep latent-variable generative models: train, "
+                "evaluate, sample, reconstruct, encode.")
+    p.add_argument("--version", action="version", version=f"zspace {__import__('zspace').__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    tr = sub.add_parser("train", help="train a model (or --resume a run)")
+    models = tr.add_subparsers(dest="model", required=True, parser_class=_Parser)
+    for name, cls in sorted(MODELS.items()):
+        m = models.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0],
+                              description=f"Train a {name} model. Flags default to the config's values.")
+        m.add_argument("--data", default="fashion-mnist",
+                       help="fashion-mnist, mnist, digits, or a .npy/.npz/.csv/IDX file (default: fashion-mnist)")
+        m.add_argument("--preprocess", choices=PREPROCESSING, default=None,
+                       help="default: dynamic-binarize for a Bernoulli VAE, scale otherwise")
+        m.add_argument("--out", type=Path, help="run folder to create")
+        m.add_argument("--resume", type=Path, metavar="RUN", help="continue this run from its latest checkpoint")
+        m.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+        m.add_argument("--no-progress", action="store_true", help="no progress bar")
+        _add_config_flags(m, cls.config_class, skip=("input_shape",), title=f"{name} model options")
+        _add_config_flags(m, TrainConfig, title="training options")
+
+    ev = sub.add_parser("eval", help="test ELBO, importance-sampled NLL, bits/dim, reconstruction error")
+    ev.add_argument("run", type=Path)
+    ev.add_argument("--nll-samples", type=int, default=1000, help="importance samples per example (default 1000)")
+    ev.add_argument("--split", default="test", choices=("train", "test"))
+    ev.add_argument("--limit", type=int, help="evaluate the first N examples only")
+    ev.add_argument("--batch-size", type=int, default=100)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--json", type=Path, help="also write the results here (default RUN/eval-SPLIT-kK.json)")
+
+    sa = sub.add_parser("sample", help="decode draws from the prior into an image grid")
+    sa.add_argument("run", type=Path)
+    sa.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    sa.add_argument("--out", type=Path, required=True, help=".png grid, or .npy for the arrays")
+    sa.add_argument("--seed", type=int, default=0)
+
+    rc = sub.add_parser("reconstruct", help="inputs beside their reconstructions")
+    rc.add_argument("run", type=Path)
+    rc.add_argument("--out", type=Path, required=True, help=".png grid")
+    rc.add_argument("-n", type=int, default=16)
+    rc.add_argument("--split", default="test", choices=("train", "test"))
+
+    en = sub.add_parser("encode", help="write the codes (posterior means) of a data split to .npy")
+    en.add_argument("run", type=Path)
+    en.add_argument("--data", help="default: the run's own data")
+    en.add_argument("--split", default="test", choices=("train", "test", "all"))
+    en.add_argument("--out", type=Path, required=True, help=".npy file for the (N, latent_dim) codes")
+    en.add_argument("--labels-out", type=Path, help="also write the labels here (.npy)")
+
+    de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
+    de.add_argument("--out", type=Path, default=Path("runs/demo"))
+    de.add_argument("--epochs", type=int, default=30)
+    de.add_argument("--nll-samples", type=int, default=500)
+    de.add_argument("--data", default="fashion-mnist")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args) or 0
+    except ZspaceError as e:
+        sys.stderr.write(f"zspace: error: {e}\n")
+        return EXIT_USER_ERROR
+    except OSError as e:  # unwritable output folder, disk full...
+        sys.stderr.write(f"zspace: error: {e.strerror or e}: {e.filename or ''}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("zspace: interrupted; the last completed epoch's checkpoint is kept\n")
+        return 130
+
+
+def cmd_train(a) -> None:
+    from . import models as _models
+    from .training import TrainConfig, resume, train
+
+    cls = _models.MODELS[a.model]
+    model_opts = _given(a, cls.config_class, skip=("input_shape",))
+    train_opts = _given(a, TrainConfig)
+    if a.resume is not None:
+        extra = set(model_opts) | (set(train_opts) - {"epochs", "steps"})
+        if extra:
+            raise ConfigError(f"--resume continues a run with its stored config; only --epochs/--steps "
+                              f"may change (got {', '.join(_flag(e) for e in sorted(extra))})")
+        from .training.checkpoint import CONFIG_FILE, read_json
+
+        stored = read_json(a.resume / CONFIG_FILE).get("model", {}).get("name") if a.resume.is_dir() else None
+        if stored is not None and stored != a.model:
+            raise ConfigError(f"{a.resume} holds a {stored!r} run, not {a.model!r}; "
+                              f"use `zspace train {stored} --resume {a.resume}`")
+        run = resume(a.resume, epochs=train_opts.get("epochs"), steps=train_opts.get("steps"),
+                     progress=not a.no_progress)
+    else:
+        if a.out is None:
+            raise ConfigError("give --out RUN_FOLDER (or --resume RUN)")
+        config = TrainConfig(**train_opts)
+        run = train(a.model, a.data, out=a.out, preprocessing=a.preprocess, config=config,
+                    progress=not a.no_progress, overwrite=a.overwrite, **model_opts)
+    last = run.history()[-1]
+    print(f"trained {run.describe()}: epoch {last['epoch']}, step {last['step']}, "
+          f"{last['train_seconds']:.0f} s")
+    print(f"run folder: {run.path}")
+
+
+def _likelihood_model(model) -> bool:
+    return hasattr(model, "log_importance_weights")
+
+
+def cmd_eval(a) -> None:
+    import torch
+
+    from .evaluation import evaluate_likelihood, reconstruction_error
+    from .training import load_run
+    from .training.checkpoint import write_json_atomic
+
+    run = load_run(a.run)
+    loader = run.loader(a.split, batch_size=a.batch_size, limit=a.limit)
+    result = {"run": str(a.run), "model": run.describe(), "split": a.split}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(a.seed)
+        if _likelihood_model(run.model):
+            if a.nll_samples < 1:
+                raise ConfigError(f"--nll-samples must be >= 1, got {a.nll_samples}")
+            offset = __import__("math").log(256) if run.data_spec.preprocessing == "dequantize" else 0.0
+            rep = evaluate_likelihood(run.model, loader.epoch(0), a.nll_samples, offset_nats_per_dim=offset)
+            result.update(rep.as_dict())
+            print(f"{run.describe()}, {a.split} split, {rep.num_examples} examples")
+            print(f"  ELBO            {rep.elbo:10.3f} nats  (reconstruction {rep.rec:.3f}, KL {rep.kl:.3f})")
+            print(f"  NLL (IS, k={rep.num_samples:<5d}) {rep.nll:8.3f} ± {rep.nll_std_err:.3f} nats")
+            print(f"  bits/dim        {rep.bits_per_dim:10.4f}")
+    result["reconstruction_mse"] = reconstruction_error(run.model, loader.epoch(0))
+    print(f"  reconstruction MSE per dimension {result['reconstruction_mse']:.5f}")
+    out = a.json or run.path / f"eval-{a.split}-k{a.nll_samples}.json"
+    write_json_atomic(out, result)
+    print(f"results: {out}")
+
+
+def cmd_sample(a) -> None:
+    import numpy as np
+    import torch
+
+    from .report.figures import as_images, save_image_grid
+    from .training import load_run
+
+    if a.n < 1:
+        raise ConfigError(f"-n must be >= 1, got {a.n}")
+    run = load_run(a.run)
+    if not hasattr(run.model, "sample"):
+        raise ConfigError(f"{run.describe()} has no prior to sample from")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(a.seed)
+        x = run.model.sample(a.n)
+    if a.out.suffix == ".npy":
+        np.save(a.out, x.numpy())
+    else:
+        images = as_images(x, run.model.config.input_shape)
+        if images is None:
+            raise ConfigError("samples are not images; write them with --out FILE.npy")
+        save_image_grid(images, a.out, f"{run.describe()}\n{a.n} prior samples, seed {a.seed}")
+    print(f"{a.n} samples: {a.out}")
+
+
+def cmd_reconstruct(a) -> None:
+    from .report.figures import save_reconstructions
+    from .training import load_run
+
+    if a.n < 1:
+        raise ConfigError(f"-n must be >= 1, got {a.n}")
+    path = save_reconstructions(load_run(a.run), a.out, n=a.n, split=a.split)
+    if path is None:
+        raise ConfigError("the run's data are not images; use `zspace encode` instead")
+    print(f"reconstructions: {path}")
+
+
+def cmd_encode(a) -> None:
+    import numpy as np
+
+    from .data import BatchLoader, load_dataset
+    from .evaluation.likelihood import collect
+    from .training import load_run
+    from .training.trainer import EVAL_SEED
+
+    run = load_run(a.run)
+    splits = load_dataset(a.data) if a.data else run.data()
+    part = splits.split(a.split)
+    shape = tuple(run.model.config.input_shape)
+    if part.example_shape != shape:
+        raise ConfigError(f"data examples have shape {part.example_shape}, the model expects {shape}")
+    loader = BatchLoader(part, 500, run.preprocessing, shuffle=False, seed=EVAL_SEED)
+    z = collect(run.model, loader.epoch(0), lambda m, x: m.embed(x))
+    np.save(a.out, z)
+    print(f"codes {z.shape}: {a.out}")
+    if a.labels_out is not None:
+        if part.y is None:
+            raise ConfigError("the data have no labels")
+        np.save(a.labels_out, part.y)
+        print(f"labels: {a.labels_out}")
+
+
+def cmd_demo(a) -> None:
+    from .demo import run_demo
+
+    run_demo(a.out, epochs=a.epochs, nll_samples=a.nll_samples, data=a.data)
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+            "reconstruct": cmd_reconstruct, "encode": cmd_encode, "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

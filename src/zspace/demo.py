@@ -1,0 +1,61 @@
+"""`make demo`: a VAE on Fashion-MNIST, trained, evaluated and drawn, in a few minutes."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .evaluation import evaluate_likelihood, reconstruction_error
+from .training import TrainConfig, train
+from .training.checkpoint import write_json_atomic, write_text_atomic
+
+
+def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int = 500,
+             data: str = "fashion-mnist") -> Path:
+    out = Path(out)
+    start = time.perf_counter()
+    print(f"zspace demo: training a VAE on {data} for {epochs} epochs into {out}", flush=True)
+    config = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, lr_schedule="cosine", eval_limit=2000)
+    run = train("vae", data, out=out, config=config, overwrite=True, latent_dim=32,
+                hidden=(512, 256), activation="elu")
+    print(f"evaluating on the full test set with {nll_samples} importance samples per image", flush=True)
+    loader = run.loader("test", batch_size=100)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        rep = evaluate_likelihood(run.model, loader.epoch(0), nll_samples)
+    mse = reconstruction_error(run.model, loader.epoch(0))
+    write_json_atomic(out / f"eval-test-k{nll_samples}.json",
+                      {"model": run.describe(), **rep.as_dict(), "reconstruction_mse": mse})
+    minutes = (time.perf_counter() - start) / 60
+    summary = f"""# zspace demo: {run.describe()}
+
+Data: {data}, training split ({len(run.data().train)} images), dynamically binarized
+(a fresh Bernoulli draw of every pixel each epoch); evaluated on the {rep.num_examples}
+test images, binarized once with a fixed seed.
+
+| measure | value |
+|---|---|
+| test ELBO | {rep.elbo:.2f} nats (reconstruction {rep.rec:.2f}, KL {rep.kl:.2f}) |
+| test NLL, importance-sampled, k = {rep.num_samples} | {rep.nll:.2f} ± {rep.nll_std_err:.2f} nats |
+| bits/dim (784 binary dimensions) | {rep.bits_per_dim:.4f} |
+| reconstruction MSE per pixel (decoder mean at posterior mean) | {mse:.4f} |
+| training | {epochs} epochs, batch 128, Adam lr 1e-3 cosine |
+| wall time of the whole demo | {minutes:.1f} min |
+
+![reconstructions](figures/reconstructions.png)
+![samples](figures/samples.png)
+![loss curves](figures/loss_curves.png)
+
+Reproduce: `zspace train vae --data {data} --latent-dim 32 --hidden 512,256 --activation elu
+--epochs {epochs} --batch-size 128 --eval-limit 2000 --out RUN` then
+`zspace eval RUN --nll-samples {nll_samples}`. The full config is in config.json.
+"""
+    write_text_atomic(out / "summary.md", summary)
+    print(f"\ntest ELBO {rep.elbo:.2f} nats, NLL (k={rep.num_samples}) {rep.nll:.2f} nats, "
+          f"{rep.bits_per_dim:.4f} bits/dim; {minutes:.1f} min")
+    print(f"results: {out.resolve()}")
+    for name in ("summary.md", "figures/reconstructions.png", "figures/samples.png",
+                 "figures/loss_curves.png", "metrics.csv", "config.json"):
+        print(f"  {out / name}")
+    return out

@@ -1,0 +1,121 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zspace.cli import main
+
+TRAIN = ["train", "vae", "--data", "digits", "--latent-dim", "3", "--hidden", "32", "--epochs", "2",
+         "--batch-size", "64", "--eval-limit", "100", "--no-progress"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, _ = run_cli(capsys, *TRAIN, "--out", run)
+    assert code == 0 and f"run folder: {run}" in out
+    return run
+
+
+def test_end_to_end_on_digits(trained, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "eval", trained, "--nll-samples", 20)
+    assert code == 0 and "NLL (IS, k=20" in out and "bits/dim" in out
+    result = json.loads((trained / "eval-test-k20.json").read_text())
+    assert result["num_samples"] == 20 and result["num_examples"] == 359
+    assert result["nll"] > 0 and result["elbo"] < 0 and result["nll"] <= -result["elbo"] + 2
+
+    assert run_cli(capsys, "sample", trained, "-n", 9, "--out", tmp_path / "s.png")[0] == 0
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert run_cli(capsys, "sample", trained, "-n", 5, "--out", tmp_path / "s.npy")[0] == 0
+    assert np.load(tmp_path / "s.npy").shape == (5, 1, 8, 8)
+    assert run_cli(capsys, "reconstruct", trained, "--out", tmp_path / "r.png")[0] == 0
+    code, out, _ = run_cli(capsys, "encode", trained, "--data", "digits", "--split", "test",
+                           "--out", tmp_path / "z.npy", "--labels-out", tmp_path / "y.npy")
+    assert code == 0
+    z, y = np.load(tmp_path / "z.npy"), np.load(tmp_path / "y.npy")
+    assert z.shape == (359, 3) and y.shape == (359,)
+
+    code, out, _ = run_cli(capsys, "train", "vae", "--resume", trained, "--epochs", 3, "--no-progress")
+    assert code == 0 and "epoch 3" in out
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, capsys):
+    import zspace
+    from safetensors.torch import load_file
+
+    run_cli(capsys, *TRAIN, "--epochs", 3, "--out", tmp_path / "full")
+
+    def interrupt(trainer, row):      # Ctrl-C right after epoch 1's checkpoint
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        zspace.train("vae", "digits", out=tmp_path / "part", on_epoch_end=interrupt, progress=False,
+                     config=zspace.TrainConfig(epochs=3, batch_size=64, eval_limit=100),
+                     latent_dim=3, hidden=(32,))
+    code, out, _ = run_cli(capsys, "train", "vae", "--resume", tmp_path / "part", "--no-progress")
+    assert code == 0 and "epoch 3" in out
+    a = load_file(tmp_path / "full" / "checkpoints" / "epoch-0003" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "checkpoints" / "epoch-0003" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    strip = lambda p: [{k: v for k, v in r.items() if k != "train_seconds"} for r in
+                       zspace.load_run(p).history()]
+    assert strip(tmp_path / "full") == strip(tmp_path / "part")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "vae", "--data", "digits", "--latent-dim", "0", "--out", "X"], "latent_dim"),
+    (["train", "vae", "--data", "nowhere.npy", "--out", "X"], "no such file"),
+    (["train", "vae", "--data", "digits"], "--out"),
+    (["train", "vae", "--data", "digits", "--lr", "-1", "--out", "X"], "lr must be"),
+    (["train", "vae", "--data", "digits", "--architecture", "conv", "--input-shape", "3", "--out", "X"],
+     "unrecognized arguments"),
+    (["train", "vae", "--latent-dim", "many"], "invalid int value"),
+    (["train", "gan"], "invalid choice"),
+    (["eval", "NO-SUCH-RUN"], "not a zspace run"),
+    (["sample", "NO-SUCH-RUN", "--out", "x.png"], "not a zspace run"),
+])
+def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        sys.exit(main(argv))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "X").exists()
+
+
+def test_errors_on_a_trained_run(trained, tmp_path, capsys):
+    for argv, message in [
+        (["eval", trained, "--nll-samples", "0"], "--nll-samples"),
+        (["sample", trained, "-n", "0", "--out", tmp_path / "s.png"], "-n must be"),
+        (["train", "vae", "--resume", trained, "--latent-dim", "5"], "only --epochs/--steps"),
+        (["train", "vae", *TRAIN[2:], "--out", trained], "already holds a run"),
+        (["train", "ae", "--resume", trained], "holds a 'vae' run"),
+        (["encode", trained, "--data", "mnist", "--out", tmp_path / "z.npy"], "mnist not found"),
+    ]:
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("command", ["train vae", "train ae", "eval", "sample", "reconstruct", "encode", "demo"])
+def test_help_everywhere(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command.split(), "--help"])
+    assert exc.value.code == 0
+    assert "usage: zspace" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).parent / "zspace"
+    res = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith("zspace ")

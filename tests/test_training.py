@@ -1,0 +1,225 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import zspace
+from zspace import CheckpointError, ConfigError, TrainConfig, TrainingDiverged
+from zspace.training import checkpoint as ck
+from zspace.training.run import load_run, resume, train
+
+from .conftest import tiny_config
+
+OPTS = dict(latent_dim=4, hidden=(32,))
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def strip_times(history):
+    return [{k: v for k, v in row.items() if k != "train_seconds"} for row in history]
+
+
+def test_same_seed_same_numbers(digits, tmp_path):
+    a = train("vae", digits, out=tmp_path / "a", config=tiny_config(), progress=False, figures=False, **OPTS)
+    b = train("vae", digits, out=tmp_path / "b", config=tiny_config(), progress=False, figures=False, **OPTS)
+    c = train("vae", digits, config=tiny_config(seed=1), progress=False, figures=False, **OPTS)
+    assert same_weights(weights(a.model), weights(b.model))
+    assert strip_times(a.history()) == strip_times(b.history())
+    assert not same_weights(weights(a.model), weights(c.model))
+
+
+def test_checkpoint_round_trip(digits, tmp_path):
+    run = train("vae", digits, out=tmp_path / "r", config=tiny_config(epochs=1), progress=False,
+                figures=False, **OPTS)
+    loaded = load_run(tmp_path / "r")
+    assert same_weights(weights(run.model), weights(loaded.model))
+    cfg = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert cfg["model"]["name"] == "vae" and cfg["model"]["config"]["latent_dim"] == 4
+    assert cfg["data"]["preprocessing"] == "dynamic-binarize" and cfg["train"]["seed"] == 0
+    x = next(iter(loaded.loader("test", batch_size=8).epoch(0))).x
+    assert torch.equal(run.model.eval().embed(x), loaded.model.embed(x))
+
+
+def test_optimizer_state_round_trip_without_pickle():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = ck.optimizer_to_flat(opt)
+    json.dumps(meta)                                   # JSON-serialisable
+    opt2 = torch.optim.Adam(model.parameters(), lr=0.5)
+    ck.optimizer_from_flat(opt2, tensors, json.loads(json.dumps(meta)))
+    s1, s2 = opt.state_dict(), opt2.state_dict()
+    assert s2["param_groups"][0]["betas"] == (0.8, 0.9) and s2["param_groups"][0]["lr"] == 0.01
+    for pid in s1["state"]:
+        for key in s1["state"][pid]:
+            assert torch.equal(torch.as_tensor(s1["state"][pid][key]), torch.as_tensor(s2["state"][pid][key]))
+
+
+@pytest.mark.parametrize("model, opts", [("vae", OPTS), ("ae", dict(latent_dim=4, hidden=(32,)))])
+def test_resume_equals_uninterrupted(digits, tmp_path, model, opts):
+    cfg = tiny_config(epochs=3, lr_schedule="constant")
+    full = train(model, digits, out=tmp_path / "full", config=cfg, progress=False, figures=False, **opts)
+    part = tmp_path / "part"
+    train(model, digits, out=part, config=cfg.replace(epochs=1), progress=False, figures=False, **opts)
+    resumed = resume(part, epochs=3, progress=False, figures=False)
+    assert same_weights(weights(full.model), weights(resumed.model))
+    assert strip_times(full.history()) == strip_times(resumed.history())
+    assert (part / "metrics.csv").read_text().count("\n") == 4
+
+
+def test_resume_mid_epoch_with_steps(digits, tmp_path):
+    cfg = tiny_config(epochs=None, steps=40, lr_schedule="constant")   # 23 batches per epoch
+    full = train("vae", digits, out=tmp_path / "full", config=cfg, progress=False, figures=False, **OPTS)
+    part = tmp_path / "part"
+    train("vae", digits, out=part, config=cfg.replace(steps=10), progress=False, figures=False, **OPTS)
+    assert (part / "checkpoints" / "latest").read_text().strip() == "epoch-0000-batch-000010"
+    resumed = resume(part, steps=40, progress=False, figures=False)
+    assert same_weights(weights(full.model), weights(resumed.model))
+
+
+def test_resume_continues_where_it_stopped(digits, tmp_path):
+    cfg = tiny_config(epochs=2, lr_schedule="constant")
+    train("vae", digits, out=tmp_path / "r", config=cfg, progress=False, figures=False, **OPTS)
+    run = resume(tmp_path / "r", progress=False, figures=False)   # nothing left to do
+    assert [row["epoch"] for row in run.history()] == [1, 2]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    train("vae", digits, out=out, config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    good = weights(load_run(out).model)
+    original = zspace.VAE.loss
+
+    def poisoned(self, x, y=None, warmup=1.0):
+        res = original(self, x, y, warmup)
+        res.loss = res.loss * float("nan")
+        return res
+
+    monkeypatch.setattr(zspace.VAE, "loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 24.*last good checkpoint"):
+        resume(out, epochs=3, progress=False, figures=False)
+    assert same_weights(good, weights(load_run(out).model))
+
+
+def test_crash_during_checkpoint_leaves_previous_one(digits, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    train("vae", digits, out=out, config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    good = weights(load_run(out).model)
+    calls = {"n": 0}
+    real = ck.save_file
+
+    def failing(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 2:      # the optimiser file of the next checkpoint
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ck, "save_file", failing)
+    with pytest.raises(OSError):
+        resume(out, epochs=2, progress=False, figures=False)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "epoch-0001"
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()] == ["epoch-0001"]
+    assert same_weights(good, weights(load_run(out).model))
+
+
+def test_damaged_runs_raise_checkpoint_errors(digits, tmp_path):
+    out = tmp_path / "r"
+    train("vae", digits, out=out, config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    with pytest.raises(CheckpointError, match="not a zspace run"):
+        load_run(tmp_path / "nothing-here")
+    broken = tmp_path / "b1"
+    shutil.copytree(out, broken)
+    (broken / "checkpoints" / "epoch-0001" / "model.safetensors").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_run(broken)
+    broken = tmp_path / "b2"
+    shutil.copytree(out, broken)
+    (broken / "checkpoints" / "latest").write_text("epoch-0099\n")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_run(broken)
+    broken = tmp_path / "b3"
+    shutil.copytree(out, broken)
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_run(broken)
+    broken = tmp_path / "b4"
+    shutil.copytree(out, broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["model"]["config"]["latent_dim"] = 5
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_run(broken)
+
+
+def test_refuses_to_overwrite_a_run(digits, tmp_path):
+    train("vae", digits, out=tmp_path / "r", config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train("vae", digits, out=tmp_path / "r", config=tiny_config(epochs=1), progress=False, **OPTS)
+
+
+def test_run_folder_contents(digits, tmp_path):
+    train("vae", digits, out=tmp_path / "r", config=tiny_config(epochs=2), progress=False, **OPTS)
+    names = {p.name for p in (tmp_path / "r" / "figures").iterdir()}
+    assert names == {"reconstructions.png", "samples.png", "loss_curves.png"}
+    header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"epoch", "step", "lr", "train_elbo", "train_kl", "test_elbo", "test_rec"} <= set(header)
+
+
+def test_data_and_model_shape_must_agree(digits):
+    m = zspace.VAE(zspace.VAEConfig(input_shape=(1, 28, 28)))
+    with pytest.raises(ConfigError, match="shape"):
+        train(m, digits, config=tiny_config(epochs=1), progress=False, figures=False)
+
+
+def test_learning_rate_schedules():
+    c = TrainConfig(lr=1.0, lr_final_fraction=0.1, lr_schedule="cosine")
+    assert c.lr_at(0, 100) == pytest.approx(1.0) and c.lr_at(100, 100) == pytest.approx(0.1)
+    assert c.lr_at(50, 100) == pytest.approx(0.55)
+    e = c.replace(lr_schedule="exponential")
+    assert e.lr_at(50, 100) == pytest.approx(0.1 ** 0.5)
+    assert c.replace(lr_schedule="constant").lr_at(70, 100) == 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=None, steps=None), "epochs or of steps"),
+    (dict(epochs=0), "epochs"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(lr=-1.0), "lr"),
+    (dict(lr_schedule="step"), "lr_schedule"),
+    (dict(lr_final_fraction=0.0), "lr_final_fraction"),
+    (dict(kl_warmup_epochs=-1), "kl_warmup"),
+    (dict(grad_clip=0.0), "grad_clip"),
+])
+def test_bad_training_configs(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_kl_warmup_starts_near_zero(digits):
+    from zspace.training.trainer import Trainer
+
+    m = zspace.VAE(zspace.VAEConfig(input_shape=(1, 8, 8), **OPTS))
+    t = Trainer(m, digits.train, None, zspace.Preprocessing("dynamic-binarize"),
+                tiny_config(kl_warmup_epochs=2), progress=False)
+    steps = t.steps_per_epoch
+    assert t.warmup(0) == pytest.approx(1 / (2 * steps))
+    assert t.warmup(steps - 1) == pytest.approx(0.5) and t.warmup(10 * steps) == 1.0
+
+
+def test_in_memory_arrays_train_and_encode():
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 6)).astype(np.float32)
+    splits = zspace.DataSplits(zspace.ArrayData.from_arrays(x[:150]), zspace.ArrayData.from_arrays(x[150:]), "mine")
+    run = train("vae", splits, config=tiny_config(epochs=1), progress=False, figures=False,
+                latent_dim=2, hidden=(8,), likelihood="gaussian-learned")
+    assert run.data_spec.preprocessing == "scale"
+    assert run.model.embed(torch.from_numpy(x[:5])).shape == (5, 2)
