@@ -94,6 +94,20 @@ def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, capsys, ar
     assert not (tmp_path / "X").exists()
 
 
+def test_csv_with_labels_through_the_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = "\n".join(",".join(f"{v:.4f}" for v in rng.random(5)) + f",{i % 3}" for i in range(120))
+    (tmp_path / "t.csv").write_text("a,b,c,d,e,kind\n" + rows)
+    code, _, err = run_cli(capsys, "train", "vae", "--data", tmp_path / "t.csv", "--label-column", "kind",
+                           "--test-fraction", "0.25", "--likelihood", "gaussian-learned", "--latent-dim", 2,
+                           "--hidden", 8, "--epochs", 1, "--out", tmp_path / "r", "--no-progress")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "encode", tmp_path / "r", "--split", "test", "--out", tmp_path / "z.npy",
+                           "--labels-out", tmp_path / "y.npy")
+    assert code == 0, err
+    assert np.load(tmp_path / "z.npy").shape == (30, 2) and set(np.load(tmp_path / "y.npy")) <= {0, 1, 2}
+
+
 def test_errors_on_a_trained_run(trained, tmp_path, capsys):
     for argv, message in [
         (["eval", trained, "--nll-samples", "0"], "--nll-samples"),

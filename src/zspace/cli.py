@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fashion-mnist, mnist, digits, or a .npy/.npz/.csv/IDX file (default: fashion-mnist)")
         m.add_argument("--preprocess", choices=PREPROCESSING, default=None,
                        help="default: dynamic-binarize for a Bernoulli VAE, scale otherwise")
+        m.add_argument("--test-fraction", type=float, default=0.1,
+                       help="share held out as test split when a file has none (default 0.1)")
+        m.add_argument("--label-column", help="CSV column (name or index) holding labels")
         m.add_argument("--out", type=Path, help="run folder to create")
         m.add_argument("--resume", type=Path, metavar="RUN", help="continue this run from its latest checkpoint")
         m.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -164,7 +167,8 @@ def cmd_train(a) -> None:
             raise ConfigError("give --out RUN_FOLDER (or --resume RUN)")
         config = TrainConfig(**train_opts)
         run = train(a.model, a.data, out=a.out, preprocessing=a.preprocess, config=config,
-                    progress=not a.no_progress, overwrite=a.overwrite, **model_opts)
+                    progress=not a.no_progress, overwrite=a.overwrite, test_fraction=a.test_fraction,
+                    label_column=a.label_column, **model_opts)
     last = run.history()[-1]
     print(f"trained {run.describe()}: epoch {last['epoch']}, step {last['step']}, "
           f"{last['train_seconds']:.0f} s")

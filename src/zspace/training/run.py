@@ -57,9 +57,11 @@ def default_preprocessing(model_name: str, model_options: dict, data: ArrayData)
 class Run:
     """An opened run folder: its config, its model (latest weights) and its data."""
 
-    def __init__(self, path: Path, config: dict, model: Model, data: DataSplits | None = None):
-        self.path, self.config, self.model = Path(path), config, model
-        self._data = data
+    def __init__(self, path: Path | None, config: dict, model: Model, data: DataSplits | None = None,
+                 history: list[dict] | None = None):
+        self.path = Path(path) if path is not None else None
+        self.config, self.model = config, model
+        self._data, self._history = data, history
 
     @property
     def data_spec(self) -> DataSpec:
@@ -75,6 +77,9 @@ class Run:
 
     def data(self) -> DataSplits:
         if self._data is None:
+            if self.data_spec.source.startswith("<in-memory"):
+                raise CheckpointError(f"this run was trained on in-memory data ({self.data_spec.source}); "
+                                      f"pass the data explicitly (--data)")
             self._data = self.data_spec.load()
         return self._data
 
@@ -90,8 +95,10 @@ class Run:
         return f"{self.model.describe()} on {self.data_spec.source} ({self.data_spec.preprocessing})"
 
     def history(self) -> list[dict]:
-        path = latest_checkpoint(self.path) / "state.json"
-        return read_json(path)["history"]
+        """One row per epoch (or partial epoch at a stop): loss terms, lr, wall time."""
+        if self._history is None:
+            self._history = read_json(latest_checkpoint(self.path) / "state.json")["history"]
+        return self._history
 
 
 def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, Any]:
@@ -107,14 +114,16 @@ def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, 
 def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: str | Path | None = None,
           preprocessing: str | None = None, config: TrainConfig | None = None,
           progress: bool = True, figures: bool = True, overwrite: bool = False,
-          on_epoch_end=None, **model_options) -> Run:
+          on_epoch_end=None, test_fraction: float = 0.1, label_column: str | None = None,
+          **model_options) -> Run:
     """Trains a model and returns the opened run.
 
     ``model`` is a registered name ('vae', 'ae') with ``model_options`` for its config,
-    or a built Model. ``data`` is a named set, a file path or DataSplits.
+    or a built Model. ``data`` is a named set, a file path or DataSplits; a file without
+    its own test split has ``test_fraction`` held out; ``label_column`` names a CSV's labels.
     """
     config = config or TrainConfig()
-    splits = load_dataset(data)
+    splits = load_dataset(data, test_fraction=test_fraction, label_column=label_column)
     source = splits.source or f"<in-memory {splits.name}>"
     torch.manual_seed(config.seed)  # fixes the initial weights too
     if isinstance(model, str):
@@ -126,7 +135,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
             raise ConfigError("model options are only for a model given by name")
         built, name = model, model.name
     pre = preprocessing or default_preprocessing(name, model_options, splits.train)
-    spec = DataSpec(source=str(source), preprocessing=pre)
+    spec = DataSpec(source=str(source), preprocessing=pre, test_fraction=test_fraction,
+                    label_column=label_column)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
         if (run_dir / CONFIG_FILE).exists() and not overwrite:
@@ -136,8 +146,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
         write_json_atomic(run_dir / CONFIG_FILE, _full_config(built, spec, config))
     trainer = Trainer(built, splits.train, splits.test, spec.preprocess(), config, run_dir,
                       progress=progress, on_epoch_end=on_epoch_end)
-    trainer.fit()
-    run = Run(run_dir or Path("."), _full_config(built, spec, config), built, splits)
+    state = trainer.fit()
+    run = Run(run_dir, _full_config(built, spec, config), built, splits, state.history)
     if figures and run_dir is not None:
         from ..report.figures import write_run_figures
         write_run_figures(run)
@@ -169,8 +179,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
     trainer = Trainer(model, data.train, data.test, spec.preprocess(), train_cfg, run_dir,
                       progress=progress, on_epoch_end=on_epoch_end)
     trainer.resume()
-    trainer.fit()
-    run = Run(run_dir, cfg, model, data)
+    state = trainer.fit()
+    run = Run(run_dir, cfg, model, data, state.history)
     if figures:
         from ..report.figures import write_run_figures
         write_run_figures(run)
