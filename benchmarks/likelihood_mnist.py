@@ -67,14 +67,14 @@ def main() -> None:
     last = [-1e9]
 
     def on_epoch_end(trainer, row):
-        if row["train_seconds"] - last[0] < args.curve_every_minutes * 60 and row["step"] < trainer.total_steps:
+        if row["wall_seconds"] - last[0] < args.curve_every_minutes * 60 and row["step"] < trainer.total_steps:
             return
-        last[0] = row["train_seconds"]
+        last[0] = row["wall_seconds"]
         loader = zspace.BatchLoader(curve_data, 500, trainer.pre, shuffle=False, seed=12345)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
             rep = evaluate_likelihood(trainer.model, loader.epoch(0), args.curve_samples)
-        point = {"train_minutes": round(row["train_seconds"] / 60, 2), "epoch": row["epoch"],
+        point = {"train_minutes": round(row["wall_seconds"] / 60, 2), "epoch": row["epoch"],
                  "nll": round(rep.nll, 3), "elbo": round(rep.elbo, 3)}
         curve.append(point)
         print(f"  curve: {point}", flush=True)
@@ -84,7 +84,7 @@ def main() -> None:
                              eval_limit=2000, seed=args.seed)
     run = zspace.train("vae", data, out=out, config=cfg, progress=False, overwrite=True,
                        on_epoch_end=on_epoch_end, **model_opts)
-    train_minutes = run.history()[-1]["train_seconds"] / 60
+    train_minutes = run.history()[-1]["wall_seconds"] / 60
 
     loader = run.loader("test", batch_size=100, limit=args.final_images)
     with torch.random.fork_rng(devices=[]):

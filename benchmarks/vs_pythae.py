@@ -83,8 +83,8 @@ def main() -> None:
 
     def on_epoch_end(trainer, row):
         rep = nll_of(trainer.model)
-        curve.append({"epoch": row["epoch"], "train_seconds": row["train_seconds"], "nll": rep.nll})
-        print(f"[zspace] epoch {row['epoch']}: {row['train_seconds']:.1f}s, NLL {rep.nll:.2f}", flush=True)
+        curve.append({"epoch": row["epoch"], "train_seconds": row["wall_seconds"], "nll": rep.nll})
+        print(f"[zspace] epoch {row['epoch']}: {row['wall_seconds']:.1f}s, NLL {rep.nll:.2f}", flush=True)
 
     cfg = zspace.TrainConfig(epochs=args.epochs, batch_size=100, lr=args.zspace_lr,
                              lr_schedule=args.zspace_schedule,

@@ -171,7 +171,7 @@ def cmd_train(a) -> None:
                     label_column=a.label_column, **model_opts)
     last = run.history()[-1]
     print(f"trained {run.describe()}: epoch {last['epoch']}, step {last['step']}, "
-          f"{last['train_seconds']:.0f} s")
+          f"{last['wall_seconds']:.0f} s")
     print(f"run folder: {run.path}")
 
 

@@ -37,16 +37,22 @@ def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
 
 
 def save_image_grid(images, path: str | Path, title: str = "", ncols: int | None = None) -> Path:
+    import textwrap
+
     grid = image_grid(images, ncols)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     h, w = grid.shape[:2]
-    fig = plt.figure(figsize=(max(3.0, w / 40), max(3.0, h / 40) + (0.5 if title else 0)), dpi=100)
-    ax = fig.add_axes([0, 0, 1, 0.92 if title else 1])
+    width = max(5.0, w / 45)                      # inches; about 45 grid pixels per inch
+    lines = [ln for part in title.splitlines() for ln in textwrap.wrap(part, int(width * 13)) or [""]]
+    title_h = 0.18 * len(lines) + (0.1 if lines else 0)
+    height = width * h / w + title_h
+    fig = plt.figure(figsize=(width, height), dpi=100)
+    ax = fig.add_axes([0, 0, 1, 1 - title_h / height])
     ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=8)
+    if lines:
+        fig.text(0.5, 1 - 0.05 / height, "\n".join(lines), ha="center", va="top", fontsize=8)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -168,7 +168,7 @@ class Trainer:
             finished_epoch = s.batch >= self.steps_per_epoch
             if finished_epoch:
                 s.epoch, s.batch = s.epoch + 1, 0
-            row = {"epoch": s.epoch, "step": s.step, "train_seconds": round(s.train_seconds, 3),
+            row = {"epoch": s.epoch, "step": s.step, "wall_seconds": round(s.train_seconds, 3),
                    "lr": self.optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
             if not finished_epoch or s.epoch % c.eval_every == 0 or s.step >= total:
@@ -212,6 +212,6 @@ class Trainer:
                 if k not in ("epoch", "step") and isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, row["step"])
         if self.progress:
-            shown = {k: row[k] for k in row if k.startswith(("train_", "test_")) and k != "train_seconds"}
-            tqdm.write(f"epoch {row['epoch']} step {row['step']} ({row['train_seconds']:.1f}s): "
+            shown = {k: row[k] for k in row if k.startswith(("train_", "test_"))}
+            tqdm.write(f"epoch {row['epoch']} step {row['step']} ({row['wall_seconds']:.1f}s): "
                        + "  ".join(f"{k}={v:.3f}" for k, v in shown.items()))
