@@ -146,7 +146,7 @@ def test_autoencoder_shares_the_building_blocks():
                                            hidden=(16,), channels=(4,), reconstruction_loss="bce"))
         x = torch.rand(3, 1, 8, 8)
         out = ae.loss(x)
-        assert set(out.terms) == {"bce", "mse"} and ae.embed(x).shape == (3, 3)
+        assert set(out.terms) == {"bce", "mse", "code_zero_fraction"} and ae.embed(x).shape == (3, 3)
         assert ae.reconstruct(x).min() >= 0 and ae.reconstruct(x).max() <= 1
 
 

@@ -32,7 +32,13 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def resolve(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Hook for configs with presets: fills defaults before construction."""
+        return options
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        d = cls.resolve(dict(d))
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = set(d) - set(fields)
         if unknown:

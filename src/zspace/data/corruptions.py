@@ -1,0 +1,100 @@
+"""Corruption processes for denoising autoencoders (Vincent et al. 2008, 2010).
+
+Each is an object applied to a batch of clean inputs in [0, 1] with an explicit
+generator, so a corrupted batch is reproducible; the clean input stays the target.
+
+    GaussianNoise(std)          x + N(0, std^2), clipped to [0, 1]
+    Masking(fraction)           each input dimension set to 0 with probability ``fraction``
+    SaltAndPepper(fraction)     each dimension, with probability ``fraction``, set to 0 or 1 (even odds)
+    InputDropout(rate)          masking followed by rescaling by 1 / (1 - rate), as dropout does
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+
+class Corruption:
+    name = "none"
+
+    def __init__(self, level: float = 0.0):
+        self.level = float(level)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return x
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.level:g})"
+
+
+def _check_fraction(name: str, value: float, upper_open: bool = False) -> None:
+    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
+    if not (math.isfinite(value) and ok):
+        bound = "[0, 1)" if upper_open else "[0, 1]"
+        raise ConfigError(f"{name} must lie in {bound}, got {value}")
+
+
+def _uniform(x: torch.Tensor, generator) -> torch.Tensor:
+    return torch.rand(x.shape, generator=generator, device="cpu").to(x.device)
+
+
+class GaussianNoise(Corruption):
+    name = "gaussian"
+
+    def __init__(self, std: float):
+        if not (math.isfinite(std) and std >= 0):
+            raise ConfigError(f"noise standard deviation must be >= 0, got {std}")
+        super().__init__(std)
+
+    def __call__(self, x, generator=None):
+        noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+        return (x + self.level * noise).clamp(0.0, 1.0)
+
+
+class Masking(Corruption):
+    name = "masking"
+
+    def __init__(self, fraction: float):
+        _check_fraction("masking fraction", fraction)
+        super().__init__(fraction)
+
+    def __call__(self, x, generator=None):
+        return x * (_uniform(x, generator) >= self.level).to(x.dtype)
+
+
+class SaltAndPepper(Corruption):
+    name = "salt-and-pepper"
+
+    def __init__(self, fraction: float):
+        _check_fraction("salt-and-pepper fraction", fraction)
+        super().__init__(fraction)
+
+    def __call__(self, x, generator=None):
+        hit = _uniform(x, generator) < self.level
+        salt = (_uniform(x, generator) < 0.5).to(x.dtype)
+        return torch.where(hit, salt, x)
+
+
+class InputDropout(Corruption):
+    name = "dropout"
+
+    def __init__(self, rate: float):
+        _check_fraction("input dropout rate", rate, upper_open=True)
+        super().__init__(rate)
+
+    def __call__(self, x, generator=None):
+        keep = (_uniform(x, generator) >= self.level).to(x.dtype)
+        return x * keep / (1.0 - self.level)
+
+
+CORRUPTIONS = {c.name: c for c in (Corruption, GaussianNoise, Masking, SaltAndPepper, InputDropout)}
+
+
+def make_corruption(name: str, level: float = 0.0) -> Corruption:
+    """A corruption by name ('none', 'gaussian', 'masking', 'salt-and-pepper', 'dropout')."""
+    if name not in CORRUPTIONS:
+        raise ConfigError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
+    return CORRUPTIONS[name](level) if name != "none" else Corruption()
