@@ -22,6 +22,7 @@ import torch
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.evaluation import evaluate_likelihood
+from zspace.rng import seeded
 
 ANCHORS = {"vae": 86.76, "iwae": {5: 85.54, 50: 84.78}}
 TARGETS = {"vae": 88.0, "iwae": 86.0}
@@ -71,8 +72,7 @@ def main() -> None:
             return
         last[0] = row["wall_seconds"]
         loader = zspace.BatchLoader(curve_data, 500, trainer.pre, shuffle=False, seed=12345)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
+        with seeded(1):
             rep = evaluate_likelihood(trainer.model, loader.epoch(0), args.curve_samples)
         point = {"train_minutes": round(row["wall_seconds"] / 60, 2), "epoch": row["epoch"],
                  "nll": round(rep.nll, 3), "elbo": round(rep.elbo, 3)}
@@ -87,8 +87,7 @@ def main() -> None:
     train_minutes = run.history()[-1]["wall_seconds"] / 60
 
     loader = run.loader("test", batch_size=100, limit=args.final_images)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(2)
+    with seeded(2):
         rep = evaluate_likelihood(run.model, loader.epoch(0), args.final_samples)
     anchor = ANCHORS["vae"] if k == 1 else ANCHORS["iwae"].get(k)
     target = TARGETS[args.objective]

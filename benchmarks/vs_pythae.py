@@ -27,6 +27,7 @@ import torch
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.evaluation import evaluate_likelihood
+from zspace.rng import seeded
 
 VENV = Path("/tmp/pythae-venv")
 
@@ -77,8 +78,7 @@ def main() -> None:
 
     def nll_of(model):
         loader = zspace.BatchLoader(test, 100, zspace.Preprocessing("scale"), shuffle=False)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(args.seed + 12345)
+        with seeded(args.seed + 12345):
             return evaluate_likelihood(model, loader.epoch(0), args.nll_samples)
 
     def on_epoch_end(trainer, row):

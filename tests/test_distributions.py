@@ -61,11 +61,13 @@ def test_bernoulli_stays_finite_for_confident_logits():
 
 
 def test_learned_variance_splits_channels():
-    out = torch.zeros(3, 2, 4, 4)        # (B, 2C, H, W) with C = 1
+    # (B, 2C, H, W) with C = 1: channel 0 is the mean (0.5), channel 1 the log-variance (log 0.25).
+    out = torch.cat([torch.full((3, 1, 4, 4), 0.5), torch.full((3, 1, 4, 4), math.log(0.25))], dim=1)
     p = DecoderLikelihood("gaussian-learned")(out, event_dims=3)
-    assert isinstance(p, Gaussian) and p.mean().shape == (3, 1, 4, 4)
-    x = torch.zeros(3, 1, 4, 4)
-    assert torch.allclose(p.log_prob(x), torch.full((3,), -16 * 0.5 * math.log(2 * math.pi)))
+    assert isinstance(p, Gaussian) and torch.allclose(p.mean(), torch.full((3, 1, 4, 4), 0.5))
+    x = torch.ones(3, 1, 4, 4)
+    ref = torch.distributions.Normal(0.5, 0.5).log_prob(torch.tensor(1.0)) * 16
+    assert torch.allclose(p.log_prob(x), ref.expand(3), atol=1e-5)
 
 
 def test_likelihood_options_are_validated():

@@ -84,6 +84,7 @@ def test_resume_mid_epoch_with_steps(digits, tmp_path):
     assert (part / "checkpoints" / "latest").read_text().strip() == "epoch-0000-batch-000010"
     resumed = resume(part, steps=40, progress=False, figures=False)
     assert same_weights(weights(full.model), weights(resumed.model))
+    assert strip_times(full.history()) == strip_times(resumed.history())   # epoch 1 averages all 23 batches
 
 
 def test_resume_continues_where_it_stopped(digits, tmp_path):
@@ -108,6 +109,54 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(digits, tmp_path, monkeyp
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2, step 24.*last good checkpoint"):
         resume(out, epochs=3, progress=False, figures=False)
     assert same_weights(good, weights(load_run(out).model))
+
+
+def test_nan_gradient_on_an_epochs_last_batch_is_not_checkpointed(digits, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    train("vae", digits, out=out, config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    good = weights(load_run(out).model)
+    real_step = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def poisoned_step(self, *a, **kw):   # NaN gradients on epoch 2's last batch only; every loss is finite
+        calls["n"] += 1
+        if calls["n"] == 23:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.grad.fill_(float("nan"))
+        return real_step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
+    with pytest.raises(TrainingDiverged, match="weights became non-finite.*last good checkpoint"):
+        resume(out, epochs=2, progress=False, figures=False)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "epoch-0001"
+    assert same_weights(good, weights(load_run(out).model))
+
+
+def test_gradient_norm_is_checked_when_clipping(digits, monkeypatch):
+    real_backward = torch.Tensor.backward
+
+    def nan_backward(self, *a, **kw):
+        real_backward(self, *a, **kw)
+        for p in model.parameters():
+            p.grad.fill_(float("inf"))
+
+    model = zspace.VAE(zspace.VAEConfig(input_shape=(1, 8, 8), **OPTS))
+    monkeypatch.setattr(torch.Tensor, "backward", nan_backward)
+    from zspace.training.trainer import Trainer
+
+    t = Trainer(model, digits.train, None, zspace.Preprocessing("dynamic-binarize"),
+                tiny_config(grad_clip=1.0), progress=False)
+    with pytest.raises(TrainingDiverged, match="gradient norm became"):
+        t.fit()
+
+
+def test_malformed_state_is_a_checkpoint_error(digits, tmp_path):
+    out = tmp_path / "r"
+    train("vae", digits, out=out, config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    (out / "checkpoints" / "epoch-0001" / "state.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        resume(out, epochs=2, progress=False, figures=False)
 
 
 def test_crash_during_checkpoint_leaves_previous_one(digits, tmp_path, monkeypatch):

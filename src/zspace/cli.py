@@ -183,14 +183,14 @@ def cmd_eval(a) -> None:
     import torch
 
     from .evaluation import evaluate_likelihood, reconstruction_error
+    from .rng import seeded
     from .training import load_run
     from .training.checkpoint import write_json_atomic
 
     run = load_run(a.run)
     loader = run.loader(a.split, batch_size=a.batch_size, limit=a.limit)
     result = {"run": str(a.run), "model": run.describe(), "split": a.split}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(a.seed)
+    with seeded(a.seed):
         if _likelihood_model(run.model):
             if a.nll_samples < 1:
                 raise ConfigError(f"--nll-samples must be >= 1, got {a.nll_samples}")
@@ -213,6 +213,7 @@ def cmd_sample(a) -> None:
     import torch
 
     from .report.figures import as_images, save_image_grid
+    from .rng import seeded
     from .training import load_run
 
     if a.n < 1:
@@ -220,8 +221,7 @@ def cmd_sample(a) -> None:
     run = load_run(a.run)
     if not hasattr(run.model, "sample"):
         raise ConfigError(f"{run.describe()} has no prior to sample from")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(a.seed)
+    with seeded(a.seed):
         x = run.model.sample(a.n)
     if a.out.suffix == ".npy":
         np.save(a.out, x.numpy())

@@ -9,6 +9,7 @@ import torch
 from .evaluation import evaluate_likelihood, reconstruction_error
 from .training import TrainConfig, train
 from .training.checkpoint import write_json_atomic, write_text_atomic
+from .rng import seeded
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int = 500,
@@ -21,8 +22,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int =
                 hidden=(512, 256), activation="elu")
     print(f"evaluating on the full test set with {nll_samples} importance samples per image", flush=True)
     loader = run.loader("test", batch_size=100)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+    with seeded(0):
         rep = evaluate_likelihood(run.model, loader.epoch(0), nll_samples)
     mse = reconstruction_error(run.model, loader.epoch(0))
     write_json_atomic(out / f"eval-test-k{nll_samples}.json",

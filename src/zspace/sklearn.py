@@ -19,6 +19,7 @@ from .data.transforms import Preprocessing
 from .models.autoencoder import Autoencoder, AutoencoderConfig
 from .training.config import TrainConfig
 from .training.trainer import Trainer
+from .rng import seeded
 
 
 class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -69,8 +70,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         train_config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
                                    seed=seed)
         data = ArrayData.from_arrays(self.scaler_.transform(X).astype(np.float32))
-        with torch.random.fork_rng(devices=[]):   # leave the caller's RNG as it was
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = Autoencoder(config)
             Trainer(model, data, None, Preprocessing("none"), train_config, progress=False).fit()
         self.model_ = model.eval()

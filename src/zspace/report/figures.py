@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
+from ..rng import seeded
 
 
 def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -73,8 +74,9 @@ def save_reconstructions(run, path: Path, n: int = 16, split: str = "test") -> P
     batch = next(iter(run.loader(split, batch_size=n, limit=n).epoch(0)))
     model = run.model
     shape = model.config.input_shape
+    device = next(model.parameters()).device
     with torch.no_grad():
-        rec = model.reconstruct(batch.x)
+        rec = model.reconstruct(batch.x.to(device)).cpu()
     originals, recs = as_images(batch.x, shape), as_images(rec, shape)
     if originals is None:
         return None
@@ -87,9 +89,8 @@ def save_reconstructions(run, path: Path, n: int = 16, split: str = "test") -> P
 def save_samples(run, path: Path, n: int = 64, seed: int = 0) -> Path | None:
     if not hasattr(run.model, "sample"):
         return None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x = run.model.sample(n)
+    with seeded(seed):
+        x = run.model.sample(n).cpu()
     images = as_images(x, run.model.config.input_shape)
     if images is None:
         return None

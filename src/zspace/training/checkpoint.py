@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
+from ..rng import rng_state
 
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
@@ -113,7 +114,7 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module,
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "zspace"})
-        trainer_tensors = {"rng.torch": torch.get_rng_state()}
+        trainer_tensors = rng_state()
         meta: dict = {}
         if optimizer is not None:
             t, meta = optimizer_to_flat(optimizer)

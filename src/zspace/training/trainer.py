@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 from ..data.dataset import ArrayData
 from ..data.loader import BatchLoader
 from ..data.transforms import Preprocessing
-from ..errors import ConfigError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..evaluation.likelihood import mean_loss_terms
 from ..models.base import Model
 from .checkpoint import (latest_checkpoint, load_tensors, load_weights, optimizer_from_flat,
                          read_json, save_checkpoint, write_text_atomic)
 from .config import TrainConfig
+from ..rng import seeded, set_rng_state
 
 EVAL_SEED = 12345
 
@@ -41,10 +42,23 @@ class TrainState:
     batch: int = 0            # batches done in the current (unfinished) epoch
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    # Running sums of the unfinished epoch, so a resumed epoch reports over all its batches;
+    # its row in ``history`` (the last) is replaced when the epoch completes.
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_seen: int = 0
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "batch": self.batch,
-                "train_seconds": self.train_seconds, "history": self.history}
+                "train_seconds": self.train_seconds, "history": self.history,
+                "epoch_sums": self.epoch_sums, "epoch_seen": self.epoch_seen}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        try:
+            return cls(int(d["epoch"]), int(d["step"]), int(d["batch"]), float(d["train_seconds"]),
+                       list(d["history"]), dict(d.get("epoch_sums", {})), int(d.get("epoch_seen", 0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"state.json is incomplete or malformed ({e!r})") from None
 
 
 def metrics_csv(history: list[dict]) -> str:
@@ -122,15 +136,22 @@ class Trainer:
         load_weights(self.model, path / "model.safetensors")
         tensors = load_tensors(path / "trainer.safetensors")
         state = read_json(path / "state.json")
+        if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict) \
+                or "rng.torch" not in tensors:
+            raise CheckpointError(f"{path}: checkpoint is incomplete (optimiser or RNG state missing)")
+        self.state = TrainState.from_dict(state)
         optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
-        self.state = TrainState(state["epoch"], state["step"], state["batch"],
-                                state["train_seconds"], state["history"])
+        set_rng_state(tensors)
 
     def _checkpoint(self) -> None:
+        s = self.state
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:  # a NaN/Inf gradient on the last batch would otherwise be saved as "good"
+            raise TrainingDiverged(f"weights became non-finite ({', '.join(bad[:3])}) by epoch {s.epoch}, "
+                                   f"step {s.step}; not saved{self._kept()}; try a lower learning rate "
+                                   f"or gradient clipping")
         if self.run_dir is None:
             return
-        s = self.state
         name = f"epoch-{s.epoch:04d}" + (f"-batch-{s.batch:06d}" if s.batch else "")
         save_checkpoint(self.run_dir, name, self.model, self.optimizer, s.as_dict())
         write_text_atomic(self.run_dir / "metrics.csv", metrics_csv(s.history))
@@ -138,8 +159,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.test_loader is None:
             return {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(EVAL_SEED)
+        with seeded(EVAL_SEED):
             return mean_loss_terms(self.model, self.test_loader.epoch(0), self.device)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -149,30 +169,36 @@ class Trainer:
         self.model.train()
         while s.step < total:
             epoch_start = time.perf_counter()
-            sums: dict[str, float] = {}
-            seen = 0
+            sums, seen = s.epoch_sums, s.epoch_seen
+            resumed_partial = s.batch > 0
             bar = tqdm(total=self.steps_per_epoch, initial=s.batch, disable=not self.progress,
                        desc=f"epoch {s.epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
+            done_here = 0
             for batch in self.train_loader.epoch(s.epoch, start=s.batch):
                 self._step(batch, sums, total)
                 seen += len(batch)
+                done_here += len(batch)
                 s.batch += 1
                 elapsed = time.perf_counter() - epoch_start
                 bar.update(1)
                 bar.set_postfix({**{k: f"{v / seen:.2f}" for k, v in sums.items()},
-                                 "ex/s": f"{seen / max(elapsed, 1e-9):.0f}"}, refresh=False)
+                                 "ex/s": f"{done_here / max(elapsed, 1e-9):.0f}"}, refresh=False)
                 if s.step >= total:
                     break
             bar.close()
             s.train_seconds += time.perf_counter() - epoch_start
             finished_epoch = s.batch >= self.steps_per_epoch
-            if finished_epoch:
-                s.epoch, s.batch = s.epoch + 1, 0
-            row = {"epoch": s.epoch, "step": s.step, "wall_seconds": round(s.train_seconds, 3),
-                   "lr": self.optimizer.param_groups[0]["lr"]}
+            row = {"epoch": s.epoch + (1 if finished_epoch else 0), "step": s.step,
+                   "wall_seconds": round(s.train_seconds, 3), "lr": self.optimizer.param_groups[0]["lr"]}
             row.update({f"train_{k}": v / max(seen, 1) for k, v in sums.items()})
+            if finished_epoch:
+                s.epoch, s.batch, s.epoch_sums, s.epoch_seen = s.epoch + 1, 0, {}, 0
+            else:
+                s.epoch_sums, s.epoch_seen = sums, seen
             if not finished_epoch or s.epoch % c.eval_every == 0 or s.step >= total:
                 row.update({f"test_{k}": v for k, v in self.evaluate().items()})
+            if resumed_partial:   # this epoch's earlier, partial row is superseded
+                s.history.pop()
             s.history.append(row)
             self._log(row)
             self._checkpoint()
@@ -190,21 +216,25 @@ class Trainer:
         x = batch.x.to(self.device)
         y = None if batch.y is None else batch.y.to(self.device)
         out = self.model.loss(x, y, warmup=self.warmup(s.step))
+        where = f"epoch {s.epoch + 1}, step {s.step + 1}"
         if not torch.isfinite(out.loss):
-            where = f"epoch {s.epoch + 1}, step {s.step + 1}"
-            kept = (f"; the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
-                    if self.run_dir is not None and (self.run_dir / "checkpoints" / "latest").exists()
-                    else "")
             raise TrainingDiverged(f"loss became {out.loss.item()} at {where}; try a lower "
-                                   f"learning rate (now {lr:.3g}) or gradient clipping{kept}")
+                                   f"learning rate (now {lr:.3g}) or gradient clipping{self._kept()}")
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if c.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            if not torch.isfinite(norm):
+                raise TrainingDiverged(f"gradient norm became {norm.item()} at {where}{self._kept()}")
         self.optimizer.step()
         s.step += 1
         for k, v in out.terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.double().sum())
+
+    def _kept(self) -> str:
+        if self.run_dir is not None and (self.run_dir / "checkpoints" / "latest").exists():
+            return f"; the last good checkpoint is kept in {self.run_dir / 'checkpoints'}"
+        return ""
 
     def _log(self, row: dict) -> None:
         if self.tb is not None:
