@@ -7,7 +7,17 @@ import zspace
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path_factory):
-    """No test sees the user's data folders or cache, or the network."""
+    """No test sees the user's data folders or cache, or the network (file:// URLs only)."""
+    import urllib.request
+
+    real_urlopen = urllib.request.urlopen
+
+    def offline(url, *args, **kwargs):
+        if not str(getattr(url, "full_url", url)).startswith("file:"):
+            raise urllib.error.URLError("tests run offline")
+        return real_urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.delenv("ZSPACE_DATA", raising=False)

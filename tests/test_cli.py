@@ -82,6 +82,14 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, cap
     (["train", "vae", "--latent-dim", "many"], "invalid int value"),
     (["train", "gan"], "invalid choice"),
     (["eval", "NO-SUCH-RUN"], "not a zspace run"),
+    (["train", "vae", "--data", "digits", "--preprocess", "uint8", "--out", "X"], "real-valued"),
+    (["train", "vae", "--data", "digits", "--preprocess", "none", "--out", "X"], "Bernoulli decoder needs"),
+    (["train", "vae", "--data", "digits", "--seed", "-1", "--out", "X"], "seed must be"),
+    (["train", "vae", "--data", "digits", "--device", "foo", "--out", "X"], "unknown device"),
+    (["train", "vae", "--data", "digits", "--device", "cuda", "--out", "X"], "no CUDA GPU"),
+    (["train", "vae", "--data", "digits", "--architecture", "conv", "--channels", ",", "--out", "X"],
+     "at least one stage"),
+    (["train", "vae", "--data", "digits", "--kl-warmup-epochs", "inf", "--out", "X"], "finite"),
     (["sample", "NO-SUCH-RUN", "--out", "x.png"], "not a zspace run"),
 ])
 def test_user_errors_print_one_line_and_exit_2(tmp_path, monkeypatch, capsys, argv, message):
@@ -115,10 +123,40 @@ def test_errors_on_a_trained_run(trained, tmp_path, capsys):
         (["train", "vae", "--resume", trained, "--latent-dim", "5"], "only --epochs/--steps"),
         (["train", "vae", *TRAIN[2:], "--out", trained], "already holds a run"),
         (["train", "ae", "--resume", trained], "holds a 'vae' run"),
+        (["eval", trained, "--limit", "0"], "--limit must be"),
+        (["sample", trained, "--out", tmp_path / "s.xyz"], "must end in"),
+        (["encode", trained, "--out", tmp_path / "z.txt"], "must end in"),
         (["encode", trained, "--data", "mnist", "--out", tmp_path / "z.npy"], "mnist not found"),
     ]:
         code, _, err = run_cli(capsys, *argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_damaged_run_configs(trained, capsys):
+    import shutil
+
+    for i, text in enumerate(["[1, 2]", '{"model": {}, "data": {}}', '{"model": {}, "data": {}, "train": {"lr": -1}}']):
+        damaged = trained.parent / f"damaged{i}"
+        shutil.copytree(trained, damaged)
+        (damaged / "config.json").write_text(text)
+        for argv in (["eval", damaged], ["train", "vae", "--resume", damaged]):
+            code, _, err = run_cli(capsys, *argv)
+            assert code == 2 and "config.json" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_says_what_the_number_means(tmp_path, capsys):
+    run_cli(capsys, *TRAIN, "--epochs", 1, "--preprocess", "scale", "--out", tmp_path / "grey")
+    code, out, _ = run_cli(capsys, "eval", tmp_path / "grey", "--nll-samples", 5)
+    assert code == 0 and "not a likelihood" in out
+    result = json.loads((tmp_path / "grey" / "eval-test-k5.json").read_text())
+    assert result["likelihood_kind"] == "not a likelihood"
+    run_cli(capsys, *TRAIN, "--epochs", 1, "--likelihood", "gaussian-learned", "--preprocess", "dequantize",
+            "--out", tmp_path / "deq")
+    code, out, _ = run_cli(capsys, "eval", tmp_path / "deq", "--nll-samples", 5)
+    result = json.loads((tmp_path / "deq" / "eval-test-k5.json").read_text())
+    assert result["likelihood_kind"] == "density bound"
+    # bits per 8-bit subpixel = NLL/(D ln 2) + 8
+    assert result["bits_per_dim"] == pytest.approx(result["nll"] / (64 * np.log(2)) + 8, rel=1e-6)
 
 
 @pytest.mark.parametrize("command", ["train vae", "train ae", "eval", "sample", "reconstruct", "encode", "demo"])

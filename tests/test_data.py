@@ -249,6 +249,10 @@ def test_eight_bit_and_dequantize():
     xd, _ = _epoch_x(BatchLoader(_images(), 16, Preprocessing("dequantize"), shuffle=False), 0)
     assert xd.min() >= 0 and xd.max() < 1
     assert torch.equal(torch.floor(xd * 256).long(), x8)
+    # Every draw stays in its pixel's bin, even where float32 would round up (pixel 255, u -> 1).
+    edge = ArrayData.from_arrays(np.full((4000, 1, 32, 32), 255, np.uint8))
+    big = torch.cat([b.x for b in BatchLoader(edge, 1000, Preprocessing("dequantize")).epoch(0)])
+    assert big.max() < 1.0 and big.min() >= 255 / 256
 
 
 def test_each_epoch_covers_every_example_once():

@@ -215,6 +215,21 @@ def test_refuses_to_overwrite_a_run(digits, tmp_path):
         train("vae", digits, out=tmp_path / "r", config=tiny_config(epochs=1), progress=False, **OPTS)
 
 
+def test_overwrite_leaves_nothing_of_the_old_run(digits, tmp_path):
+    out = tmp_path / "r"
+    train("vae", digits, out=out, config=tiny_config(epochs=2), progress=False, **OPTS)
+    (out / "eval-test-k5.json").write_text("{}")
+    with pytest.raises(TrainingDiverged):   # the new run diverges before its first checkpoint
+        train("vae", digits, out=out, config=tiny_config(epochs=2, lr=1e30), progress=False,
+              overwrite=True, **OPTS)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]
+    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+        resume(out, progress=False)
+    # ...and such a folder can simply be trained into again.
+    run = train("vae", digits, out=out, config=tiny_config(epochs=1), progress=False, figures=False, **OPTS)
+    assert [r["epoch"] for r in run.history()] == [1]
+
+
 def test_run_folder_contents(digits, tmp_path):
     train("vae", digits, out=tmp_path / "r", config=tiny_config(epochs=2), progress=False, **OPTS)
     names = {p.name for p in (tmp_path / "r" / "figures").iterdir()}

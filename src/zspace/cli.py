@@ -154,9 +154,9 @@ def cmd_train(a) -> None:
         if extra:
             raise ConfigError(f"--resume continues a run with its stored config; only --epochs/--steps "
                               f"may change (got {', '.join(_flag(e) for e in sorted(extra))})")
-        from .training.checkpoint import CONFIG_FILE, read_json
+        from .training.run import read_run_config
 
-        stored = read_json(a.resume / CONFIG_FILE).get("model", {}).get("name") if a.resume.is_dir() else None
+        stored = read_run_config(a.resume)["model"].get("name") if a.resume.is_dir() else None
         if stored is not None and stored != a.model:
             raise ConfigError(f"{a.resume} holds a {stored!r} run, not {a.model!r}; "
                               f"use `zspace train {stored} --resume {a.resume}`")
@@ -175,6 +175,11 @@ def cmd_train(a) -> None:
     print(f"run folder: {run.path}")
 
 
+def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
+    if path.suffix.lower() not in allowed:
+        raise ConfigError(f"{path}: output must end in {', '.join(allowed)}")
+
+
 def _likelihood_model(model) -> bool:
     return hasattr(model, "log_importance_weights")
 
@@ -183,10 +188,15 @@ def cmd_eval(a) -> None:
     import torch
 
     from .evaluation import evaluate_likelihood, reconstruction_error
+    from .evaluation.likelihood import likelihood_meaning
     from .rng import seeded
     from .training import load_run
     from .training.checkpoint import write_json_atomic
 
+    if a.limit is not None and a.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {a.limit}")
+    if a.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
     run = load_run(a.run)
     loader = run.loader(a.split, batch_size=a.batch_size, limit=a.limit)
     result = {"run": str(a.run), "model": run.describe(), "split": a.split}
@@ -194,10 +204,12 @@ def cmd_eval(a) -> None:
         if _likelihood_model(run.model):
             if a.nll_samples < 1:
                 raise ConfigError(f"--nll-samples must be >= 1, got {a.nll_samples}")
-            offset = __import__("math").log(256) if run.data_spec.preprocessing == "dequantize" else 0.0
-            rep = evaluate_likelihood(run.model, loader.epoch(0), a.nll_samples, offset_nats_per_dim=offset)
-            result.update(rep.as_dict())
+            meaning = likelihood_meaning(run.model.config.likelihood, run.data_spec.preprocessing)
+            rep = evaluate_likelihood(run.model, loader.epoch(0), a.nll_samples,
+                                      offset_nats_per_dim=meaning.offset_nats_per_dim)
+            result.update(rep.as_dict(), likelihood_kind=meaning.kind, likelihood_note=meaning.note)
             print(f"{run.describe()}, {a.split} split, {rep.num_examples} examples")
+            print(f"  ({meaning.kind}: {meaning.note})")
             print(f"  ELBO            {rep.elbo:10.3f} nats  (reconstruction {rep.rec:.3f}, KL {rep.kl:.3f})")
             print(f"  NLL (IS, k={rep.num_samples:<5d}) {rep.nll:8.3f} ± {rep.nll_std_err:.3f} nats")
             print(f"  bits/dim        {rep.bits_per_dim:10.4f}")
@@ -218,6 +230,7 @@ def cmd_sample(a) -> None:
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
+    _check_suffix(a.out, (".png", ".pdf", ".svg", ".npy"))
     run = load_run(a.run)
     if not hasattr(run.model, "sample"):
         raise ConfigError(f"{run.describe()} has no prior to sample from")
@@ -239,6 +252,7 @@ def cmd_reconstruct(a) -> None:
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
+    _check_suffix(a.out, (".png", ".pdf", ".svg"))
     path = save_reconstructions(load_run(a.run), a.out, n=a.n, split=a.split)
     if path is None:
         raise ConfigError("the run's data are not images; use `zspace encode` instead")
@@ -253,6 +267,9 @@ def cmd_encode(a) -> None:
     from .training import load_run
     from .training.trainer import EVAL_SEED
 
+    _check_suffix(a.out, (".npy",))
+    if a.labels_out is not None:
+        _check_suffix(a.labels_out, (".npy",))
     run = load_run(a.run)
     splits = load_dataset(a.data) if a.data else run.data()
     part = splits.split(a.split)

@@ -4,9 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from .evaluation import evaluate_likelihood, reconstruction_error
+from .evaluation.likelihood import likelihood_meaning
 from .training import TrainConfig, train
 from .training.checkpoint import write_json_atomic, write_text_atomic
 from .rng import seeded
@@ -22,23 +21,26 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int =
                 hidden=(512, 256), activation="elu")
     print(f"evaluating on the full test set with {nll_samples} importance samples per image", flush=True)
     loader = run.loader("test", batch_size=100)
+    spec = run.data_spec
+    meaning = likelihood_meaning(run.model.config.likelihood, spec.preprocessing)
     with seeded(0):
-        rep = evaluate_likelihood(run.model, loader.epoch(0), nll_samples)
+        rep = evaluate_likelihood(run.model, loader.epoch(0), nll_samples,
+                                  offset_nats_per_dim=meaning.offset_nats_per_dim)
     mse = reconstruction_error(run.model, loader.epoch(0))
     write_json_atomic(out / f"eval-test-k{nll_samples}.json",
                       {"model": run.describe(), **rep.as_dict(), "reconstruction_mse": mse})
     minutes = (time.perf_counter() - start) / 60
     summary = f"""# zspace demo: {run.describe()}
 
-Data: {data}, training split ({len(run.data().train)} images), dynamically binarized
-(a fresh Bernoulli draw of every pixel each epoch); evaluated on the {rep.num_examples}
-test images, binarized once with a fixed seed.
+Data: {data}, training split ({len(run.data().train)} examples), preprocessing
+`{spec.preprocessing}`; evaluated on the {rep.num_examples} test examples (random
+preprocessing drawn once with a fixed seed). Likelihood: {meaning.kind} ({meaning.note}).
 
 | measure | value |
 |---|---|
 | test ELBO | {rep.elbo:.2f} nats (reconstruction {rep.rec:.2f}, KL {rep.kl:.2f}) |
 | test NLL, importance-sampled, k = {rep.num_samples} | {rep.nll:.2f} ± {rep.nll_std_err:.2f} nats |
-| bits/dim (784 binary dimensions) | {rep.bits_per_dim:.4f} |
+| bits/dim ({rep.num_dims} dimensions) | {rep.bits_per_dim:.4f} |
 | reconstruction MSE per pixel (decoder mean at posterior mean) | {mse:.4f} |
 | training | {epochs} epochs, batch 128, Adam lr 1e-3 cosine |
 | wall time of the whole demo | {minutes:.1f} min |

@@ -2,7 +2,9 @@
 
 They follow the estimator contract (``__init__`` stores parameters only, fitted
 attributes end in ``_``, ``fit`` returns self) and pass
-``sklearn.utils.estimator_checks.check_estimator`` (tests/test_sklearn.py).
+``sklearn.utils.estimator_checks.check_estimator`` (tests/test_sklearn.py); the one check
+scikit-learn skips, array-API input, is skipped for every estimator unless SCIPY_ARRAY_API
+is set, and the façade converts inputs to NumPy float32 anyway.
 Inputs are 2-D arrays (n_samples, n_features): images are flattened. Features are
 min-max scaled to [0, 1] on the training data, and ``inverse_transform`` undoes it.
 """

@@ -70,7 +70,10 @@ class Preprocessing:
         if self.name == "none":
             return t.float()
         if self.name == "dequantize":
-            return (t.float() + torch.rand(t.shape, generator=generator)) / 256.0
+            # Kept strictly inside pixel p's bin [p/256, (p+1)/256) despite float32 rounding.
+            lo = t.float() / 256.0
+            top = torch.nextafter((t.float() + 1.0) / 256.0, torch.zeros(()))
+            return torch.minimum(lo + torch.rand(t.shape, generator=generator) / 256.0, top)
         unit = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
         if self.name == "dynamic-binarize":
             return (torch.rand(unit.shape, generator=generator) < unit).float()

@@ -34,6 +34,30 @@ def bits_per_dim(nll_nats, num_dims: int, offset_nats_per_dim: float = 0.0):
     return (nll_nats / num_dims + offset_nats_per_dim) / LN2
 
 
+@dataclass(frozen=True)
+class LikelihoodMeaning:
+    """What an NLL number means for a (decoder likelihood, preprocessing) pair."""
+
+    kind: str                  # "probability", "density bound" or "not a likelihood"
+    offset_nats_per_dim: float  # added per dimension before converting to bits/dim
+    note: str
+
+
+def likelihood_meaning(likelihood: str, preprocessing: str) -> LikelihoodMeaning:
+    if likelihood == "bernoulli":
+        if preprocessing in ("dynamic-binarize", "static-binarize"):
+            return LikelihoodMeaning("probability", 0.0, "NLL of binary data; bits per binary dimension")
+        return LikelihoodMeaning("not a likelihood", 0.0,
+                                 f"Bernoulli cross-entropy on non-binary ({preprocessing}) data: "
+                                 "not comparable with published likelihoods")
+    if preprocessing == "dequantize":
+        return LikelihoodMeaning("density bound", math.log(256.0),
+                                 "continuous density on dequantized 8-bit data: an upper bound on "
+                                 "the discrete NLL; bits per 8-bit subpixel")
+    return LikelihoodMeaning("density", 0.0, f"continuous density on {preprocessing} data (nats may be "
+                                             "negative); bits/dim not comparable with discrete data")
+
+
 @torch.no_grad()
 def mean_loss_terms(model, batches: Iterable[Batch], device="cpu") -> dict[str, float]:
     """Averages each of ``model.loss``'s per-example terms over all examples (eval mode)."""

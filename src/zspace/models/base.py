@@ -69,6 +69,7 @@ class Model(nn.Module):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    integer_inputs: ClassVar[bool] = False   # True for models of 8-bit integers (autoregressive heads)
 
     def __init__(self, config):
         super().__init__()

@@ -21,6 +21,8 @@ def check_architecture(cfg) -> None:
         raise ConfigError(f"unknown architecture {cfg.architecture!r}; choose mlp or conv")
     if cfg.architecture == "conv" and len(cfg.input_shape) != 3:
         raise ConfigError(f"architecture 'conv' needs image inputs (C, H, W), got shape {cfg.input_shape}")
+    if cfg.architecture == "conv" and not cfg.channels:
+        raise ConfigError("architecture 'conv' needs at least one stage of channels (e.g. --channels 32,64)")
     if any(int(h) < 1 for h in (cfg.hidden if cfg.architecture == "mlp" else cfg.channels)):
         raise ConfigError("layer widths must be positive integers")
 

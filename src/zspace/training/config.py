@@ -3,6 +3,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..errors import ConfigError
 from ..models.base import ModelConfig, check_positive, check_positive_int
 
@@ -44,12 +46,29 @@ class TrainConfig(ModelConfig):
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None:
             check_positive("grad_clip", self.grad_clip)
-        if self.kl_warmup_epochs < 0:
-            raise ConfigError(f"kl_warmup_epochs must be >= 0, got {self.kl_warmup_epochs}")
+        if not (math.isfinite(self.kl_warmup_epochs) and self.kl_warmup_epochs >= 0):
+            raise ConfigError(f"kl_warmup_epochs must be a finite number >= 0, got {self.kl_warmup_epochs}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2^32), got {self.seed!r}")
+        self.torch_device()
         if self.eval_limit is not None:
             check_positive_int("eval_limit", self.eval_limit)
         if self.threads is not None:
             check_positive_int("threads", self.threads)
+
+    def torch_device(self) -> torch.device:
+        """The device, checked: a name torch knows and hardware this machine has."""
+        try:
+            dev = torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} asked for, but this torch build sees no CUDA GPU")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {self.device!r}: only {torch.cuda.device_count()} GPU(s) present")
+        if dev.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device type {dev.type!r} is not supported; use cpu or cuda")
+        return dev
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate for optimiser step ``step`` (0-based) of ``total_steps``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +47,28 @@ class DataSpec(ModelConfig):
         return Preprocessing(self.preprocessing, self.static_seed)
 
 
-def default_preprocessing(model_name: str, model_options: dict, data: ArrayData) -> str:
+def default_preprocessing(model: Model, data: ArrayData) -> str:
+    """Binarize 8-bit data for a Bernoulli decoder; scale data in [0, 1]; else leave it be."""
+    if model.integer_inputs:
+        return "uint8"
     if not data.is_8bit:
         return "none" if float(np.min(data.x)) < 0 or float(np.max(data.x)) > 1 else "scale"
-    if model_name == "vae" and model_options.get("likelihood", "bernoulli") == "bernoulli":
+    if getattr(model.config, "likelihood", None) == "bernoulli":
         return "dynamic-binarize"
     return "scale"
+
+
+def check_pairing(model: Model, preprocessing: str) -> None:
+    """Rejects preprocessing a model cannot take (with the reason and the alternatives)."""
+    if (preprocessing == "uint8") != model.integer_inputs:
+        wanted = "integer (uint8)" if model.integer_inputs else "real-valued"
+        raise ConfigError(f"preprocessing {preprocessing!r} does not give the {wanted} inputs the "
+                          f"{model.name} model takes")
+    if getattr(model.config, "likelihood", None) == "bernoulli" and preprocessing not in (
+            "dynamic-binarize", "static-binarize", "scale"):
+        raise ConfigError(f"a Bernoulli decoder needs inputs in [0, 1]; preprocessing {preprocessing!r} "
+                          f"does not guarantee that: use dynamic-binarize, static-binarize or scale, "
+                          f"or a Gaussian likelihood")
 
 
 class Run:
@@ -134,15 +151,13 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
         if model_options:
             raise ConfigError("model options are only for a model given by name")
         built, name = model, model.name
-    pre = preprocessing or default_preprocessing(name, model_options, splits.train)
+    pre = preprocessing or default_preprocessing(built, splits.train)
+    check_pairing(built, pre)
     spec = DataSpec(source=str(source), preprocessing=pre, test_fraction=test_fraction,
                     label_column=label_column)
     run_dir = Path(out) if out is not None else None
     if run_dir is not None:
-        if (run_dir / CONFIG_FILE).exists() and not overwrite:
-            raise ConfigError(f"{run_dir} already holds a run; resume it with --resume, "
-                              f"or choose another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _prepare_run_dir(run_dir, overwrite)
         write_json_atomic(run_dir / CONFIG_FILE, _full_config(built, spec, config))
     trainer = Trainer(built, splits.train, splits.test, spec.preprocess(), config, run_dir,
                       progress=progress, on_epoch_end=on_epoch_end)
@@ -154,6 +169,31 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     return run
 
 
+RUN_OUTPUTS = ("checkpoints", "metrics.csv", "figures", "tensorboard", "summary.md", CONFIG_FILE)
+
+
+def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuses to mix two runs in one folder; with ``overwrite`` the old run's outputs go first.
+
+    A folder whose run never reached its first checkpoint holds nothing to keep.
+    """
+    has_run = (run_dir / "checkpoints" / "latest").exists()
+    if has_run and not overwrite:
+        raise ConfigError(f"{run_dir} already holds a run; resume it with --resume, "
+                          f"or choose another --out (or --overwrite)")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} exists and is not a folder")
+    for name in RUN_OUTPUTS:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for old in run_dir.glob("eval-*.json"):
+        old.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
 def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None = None,
            data: DataSplits | None = None, progress: bool = True, figures: bool = True,
            on_epoch_end=None) -> Run:
@@ -163,7 +203,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
     total, so the result differs from a run planned that long from the start).
     """
     run_dir = Path(run_dir)
-    cfg = read_json(run_dir / CONFIG_FILE)
+    cfg = read_run_config(run_dir)
     train_cfg = TrainConfig.from_dict(cfg["train"])
     if epochs is not None or steps is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs if epochs is not None else train_cfg.epochs,
@@ -187,6 +227,20 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
     return run
 
 
+def read_run_config(run_dir: Path) -> dict:
+    """RUN/config.json, checked to hold the model, data and train sections."""
+    cfg = read_json(Path(run_dir) / CONFIG_FILE)
+    if not isinstance(cfg, dict) or not all(isinstance(cfg.get(k), dict) for k in ("model", "data", "train")):
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE}: not a zspace run config "
+                              f"(needs model, data and train sections)")
+    try:
+        TrainConfig.from_dict(cfg["train"])
+        DataSpec.from_dict(cfg["data"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE}: {e}") from None
+    return cfg
+
+
 def _model_from_config(cfg: dict) -> Model:
     if cfg.get("model", {}).get("custom_networks"):
         raise CheckpointError("this run used injected encoder/decoder networks, which config.json "
@@ -194,7 +248,7 @@ def _model_from_config(cfg: dict) -> Model:
                               "zspace.training.checkpoint.load_weights")
     try:
         return build_model(cfg["model"]["name"], cfg["model"]["config"])
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ConfigError) as e:
         raise CheckpointError(f"config.json has no usable model section ({e})") from None
 
 
@@ -203,7 +257,7 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a zspace run (no {CONFIG_FILE})")
-    cfg = read_json(run_dir / CONFIG_FILE)
+    cfg = read_run_config(run_dir)
     model = _model_from_config(cfg)
     load_weights(model, latest_checkpoint(run_dir) / "model.safetensors")
     model.to(map_location).eval()

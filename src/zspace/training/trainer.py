@@ -90,7 +90,7 @@ class Trainer:
         if tuple(train.example_shape) != tuple(model.config.input_shape):
             raise ConfigError(f"data examples have shape {train.example_shape} but the model "
                               f"expects {tuple(model.config.input_shape)}")
-        self.device = torch.device(config.device)
+        self.device = config.torch_device()
         self.model.to(self.device)
         self.train_loader = BatchLoader(train, config.batch_size, preprocessing, shuffle=True,
                                         seed=config.seed)
