@@ -104,3 +104,57 @@ def test_sparse_and_denoising_terms_and_training(digits):
 def test_bad_autoencoder_parameters(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         AutoencoderConfig.from_dict({"input_shape": (1, 8, 8), **kwargs})
+
+
+def test_psnr_and_ssim_known_values():
+    from zspace.evaluation.image_quality import psnr, ssim
+
+    x = torch.rand(3, 1, 16, 16)
+    assert torch.allclose(ssim(x, x), torch.ones(3))
+    y = (x + 0.1).clamp(0, 1)
+    mse = ((y - x) ** 2).flatten(1).mean(1)
+    assert torch.allclose(psnr(y, x), 10 * torch.log10(1 / mse))
+    assert (ssim(torch.rand(3, 1, 16, 16), x) < 0.2).all()
+    with pytest.raises(zspace.DataError, match="same shape"):
+        psnr(x, x[:2])
+
+
+def test_linear_autoencoder_recovers_pca_on_low_rank_data():
+    # 6-D data on a 2-D subspace plus small noise: the linear AE's decoder must span it.
+    from zspace.evaluation.probes import principal_angles_to_pca
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(6, 2, generator=g))[0]
+    x = (torch.randn(2000, 2, generator=g) * torch.tensor([3.0, 1.5])) @ basis.T + 0.01 * torch.randn(2000, 6, generator=g)
+    data = zspace.ArrayData.from_arrays(x.numpy().astype("float32"))
+    splits = zspace.DataSplits(data, data.head(200), "low-rank")
+    run = zspace.train("ae", splits, preprocessing="none", progress=False, figures=False, preset="linear",
+                       latent_dim=2, config=zspace.TrainConfig(epochs=30, batch_size=100, lr=1e-2))
+    angles, _ = principal_angles_to_pca(run.model, x.numpy())
+    assert angles.max() < 2.0
+
+
+def test_principal_angles_need_a_linear_model():
+    from zspace.evaluation.probes import principal_angles_to_pca
+
+    m = Autoencoder(AutoencoderConfig.from_preset("basic", input_shape=(1, 8, 8), latent_dim=4))
+    with pytest.raises(ConfigError, match="linear autoencoder"):
+        principal_angles_to_pca(m, torch.rand(10, 64).numpy())
+
+
+def test_compare_and_denoise_commands(tmp_path, capsys):
+    from zspace.cli import main
+
+    code = main(["compare", "--data", "digits", "--variants", "pca,linear,basic", "--code-size", "4",
+                 "--epochs", "1", "--out", str(tmp_path / "cmp")])
+    assert code == 0
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| pca (" in table and "| linear (" in table and "noisy input" in table
+    assert {p.name for p in (tmp_path / "cmp").iterdir()} >= {"comparison.csv", "reconstructions.png", "denoising.png"}
+    run = tmp_path / "cmp" / "runs" / "basic"
+    code = main(["denoise", str(run), "--corruption", "salt-and-pepper", "--level", "0.2",
+                 "--out", str(tmp_path / "d.png")])
+    out = capsys.readouterr().out
+    assert code == 0 and "SSIM" in out and (tmp_path / "d.png").exists()
+    assert main(["compare", "--data", "digits", "--variants", "pca,gan", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown variant" in capsys.readouterr().err

@@ -119,6 +119,31 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--out", type=Path, required=True, help=".npy file for the (N, latent_dim) codes")
     en.add_argument("--labels-out", type=Path, help="also write the labels here (.npy)")
 
+    dn = sub.add_parser("denoise", help="corrupt a data split, reconstruct it, report PSNR and SSIM")
+    dn.add_argument("run", type=Path)
+    dn.add_argument("--data", help="default: the run's own data")
+    dn.add_argument("--split", default="test", choices=("train", "test", "all"))
+    dn.add_argument("--corruption", default="gaussian", help="gaussian, masking, salt-and-pepper or dropout")
+    dn.add_argument("--level", type=float, default=0.3, help="noise std or corrupted fraction (default 0.3)")
+    dn.add_argument("--limit", type=int, help="the first N examples only")
+    dn.add_argument("--seed", type=int, default=0)
+    dn.add_argument("--out", type=Path, required=True,
+                    help=".png (clean / corrupted / denoised rows) or .npy (the denoised arrays)")
+    dn.add_argument("-n", type=int, default=8, help="examples shown in the .png (default 8)")
+
+    cp = sub.add_parser("compare", help="autoencoder variants and PCA side by side at one code size")
+    cp.add_argument("--data", default="mnist")
+    cp.add_argument("--variants", default="pca,linear,basic,conv,denoising,dropout,sparse-l1,sparse-kl",
+                    help="comma-separated: pca and autoencoder presets")
+    cp.add_argument("--code-size", type=int, default=32)
+    cp.add_argument("--epochs", type=int, default=10)
+    cp.add_argument("--batch-size", type=int, default=128)
+    cp.add_argument("--lr", type=float, default=1e-3)
+    cp.add_argument("--noise-levels", default="0.1,0.3,0.5")
+    cp.add_argument("--train-limit", type=int, help="train on the first N training examples only")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--out", type=Path, required=True)
+
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
     de.add_argument("--out", type=Path, default=Path("runs/demo"))
     de.add_argument("--epochs", type=int, default=30)
@@ -287,6 +312,81 @@ def cmd_encode(a) -> None:
         print(f"labels: {a.labels_out}")
 
 
+def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"{flag}: expected comma-separated numbers, got {text!r}") from None
+
+
+def cmd_denoise(a) -> None:
+    import numpy as np
+    import torch
+
+    from .data import BatchLoader, load_dataset
+    from .data.corruptions import make_corruption
+    from .evaluation.image_quality import psnr, ssim
+    from .report.figures import as_images, save_labelled_rows
+    from .training import load_run
+    from .training.trainer import EVAL_SEED
+
+    _check_suffix(a.out, (".png", ".npy"))
+    if a.limit is not None and a.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {a.limit}")
+    corrupt = make_corruption(a.corruption, a.level)
+    run = load_run(a.run)
+    if run.data_spec.preprocessing not in ("scale", "none"):
+        raise ConfigError(f"denoising compares grey levels; this run was trained on "
+                          f"{run.data_spec.preprocessing!r} inputs")
+    part = (load_dataset(a.data) if a.data else run.data()).split(a.split)
+    if a.limit:
+        part = part.head(a.limit)
+    if part.example_shape != tuple(run.model.config.input_shape):
+        raise ConfigError(f"data examples have shape {part.example_shape}, the model expects "
+                          f"{tuple(run.model.config.input_shape)}")
+    loader = BatchLoader(part, 500, run.preprocessing, shuffle=False, seed=EVAL_SEED)
+    g = torch.Generator().manual_seed(a.seed)
+    clean, noisy, out = [], [], []
+    with torch.no_grad():
+        for b in loader.epoch(0):
+            n = corrupt(b.x, g)
+            clean.append(b.x)
+            noisy.append(n)
+            out.append(run.model.reconstruct(n).clamp(0, 1))
+    clean, noisy, out = torch.cat(clean), torch.cat(noisy), torch.cat(out)
+    images = as_images(clean, run.model.config.input_shape) is not None
+    print(f"{run.describe()}; {corrupt!r} on {len(clean)} {a.split} examples")
+    if images and clean.dim() == 4:
+        for name, t in (("corrupted input", noisy), ("denoised", out)):
+            print(f"  {name:16s} PSNR {psnr(t, clean).mean():6.2f} dB   SSIM {ssim(t, clean).mean():.4f}")
+    else:
+        for name, t in (("corrupted input", noisy), ("denoised", out)):
+            mse = ((t - clean) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+            print(f"  {name:16s} PSNR {(10 * torch.log10(1 / mse)).mean():6.2f} dB")
+    if a.out.suffix == ".npy":
+        np.save(a.out, out.numpy())
+    else:
+        shape = run.model.config.input_shape
+        if not images:
+            raise ConfigError("the data are not images; write the denoised arrays with --out FILE.npy")
+        k = min(a.n, len(clean))
+        rows = [(lbl, as_images(t[:k], shape)) for lbl, t in (("clean", clean), ("corrupted", noisy), ("denoised", out))]
+        save_labelled_rows(rows, a.out, f"{run.describe()}: {corrupt!r}")
+    print(f"denoised: {a.out}")
+
+
+def cmd_compare(a) -> None:
+    from .compare import compare
+
+    variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
+    if a.code_size < 1 or a.epochs < 1:
+        raise ConfigError("--code-size and --epochs must be >= 1")
+    compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
+            noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,
+            lr=a.lr, seed=a.seed, train_limit=a.train_limit, progress=True)
+    print(f"comparison: {a.out / 'comparison.md'} (also comparison.csv, reconstructions.png, denoising.png)")
+
+
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
@@ -294,7 +394,8 @@ def cmd_demo(a) -> None:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
-            "reconstruct": cmd_reconstruct, "encode": cmd_encode, "demo": cmd_demo}
+            "reconstruct": cmd_reconstruct, "encode": cmd_encode, "denoise": cmd_denoise,
+            "compare": cmd_compare, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
-from ..rng import seeded
+from ..rng import seeded  # noqa: E402
 
 
 def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -55,6 +55,28 @@ def save_image_grid(images, path: str | Path, title: str = "", ncols: int | None
     if lines:
         fig.text(0.5, 1 - 0.05 / height, "\n".join(lines), ha="center", va="top", fontsize=8)
     fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def save_labelled_rows(rows: list[tuple[str, torch.Tensor]], path: Path, title: str) -> Path:
+    """One labelled row of images per entry; rows: (label, (N, C, H, W) in [0, 1])."""
+    n = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.0 * n + 1.2, 1.0 * len(rows) + 0.5), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                img = images[c].detach().cpu().float().numpy().transpose(1, 2, 0)
+                ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
+            if c == 0:
+                ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
