@@ -73,7 +73,11 @@ def save_labelled_rows(rows: list[tuple[str, torch.Tensor]], path: Path, title: 
                 ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
             if c == 0:
                 ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    return _save_titled(fig, path, title, fontsize=9)
+
+
+def _save_titled(fig, path: Path, title: str, fontsize: int) -> Path:
+    fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -132,12 +136,7 @@ def save_loss_curves(history: list[dict], path: Path, title: str) -> Path:
         ax.set_title(f"{term} (nats/example)" if term in ("elbo", "rec", "kl", "iwae", "bce") else term,
                      fontsize=9)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_titled(fig, path, title, fontsize=8)
 
 
 def write_run_figures(run) -> list[Path]:
