@@ -34,8 +34,12 @@ PRESETS: dict[str, dict] = {
     "linear": dict(hidden=(), code_activation="none", output_activation="none", reconstruction_loss="mse"),
     "conv": dict(architecture="conv", channels=(32, 64)),
     "denoising": dict(architecture="conv", channels=(32, 64), corruption="gaussian", corruption_level=0.3),
+    "denoising-masking": dict(architecture="conv", channels=(32, 64), corruption="masking", corruption_level=0.3),
+    "denoising-salt-and-pepper": dict(architecture="conv", channels=(32, 64), corruption="salt-and-pepper",
+                                      corruption_level=0.2),
+    "denoising-dropout": dict(architecture="conv", channels=(32, 64), corruption="dropout", corruption_level=0.3),
     "dropout": dict(hidden=(512, 256), dropout=0.2),
-    "sparse-l1": dict(code_activation="relu", sparsity="l1", sparsity_weight=1e-3),
+    "sparse-l1": dict(code_activation="relu", sparsity="l1", sparsity_weight=1e-4),
     "sparse-kl": dict(code_activation="sigmoid", sparsity="kl", sparsity_target=0.05, sparsity_weight=0.1),
 }
 
