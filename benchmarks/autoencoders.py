@@ -47,6 +47,10 @@ def main() -> None:
     start = time.perf_counter()
     results = compare(splits, [v for v in variants if v != "linear"], epochs=args.epochs, out=out,
                       noise_levels=levels, progress=True)
+    denoiser = None
+    if "denoising" in variants:
+        denoiser = compare(splits, ("denoiser",), epochs=args.epochs, out=out / "denoiser", code_size=256,
+                           noise_levels=levels, progress=True)[0]
     if "linear" in variants:
         results += compare(splits, ("linear",), epochs=args.linear_epochs, out=out / "linear",
                            noise_levels=levels, progress=True, lr=3e-3)
@@ -75,6 +79,13 @@ def main() -> None:
         lines.append("- Denoising conv AE (trained at σ = 0.3) vs PCA vs noisy input, PSNR dB: " + "; ".join(
             f"σ={s:g}: {d.denoising_psnr[s]:.2f} vs {p.denoising_psnr[s]:.2f} vs {floor[s]:.2f}" for s in levels)
             + f" (target: beat both at every level: **{'met' if ok else 'not met'}**).")
+    if denoiser is not None and "pca" in by:
+        p = by["pca"]
+        ok = all(denoiser.denoising_psnr[s] > max(p.denoising_psnr[s], floor[s]) for s in levels)
+        lines.append("- Blind denoiser (preset `denoiser`: conv AE, 256-d code, trained on σ ~ U(0, 0.5)) vs "
+                     "PCA-32 vs noisy input, PSNR dB: " + "; ".join(
+                         f"σ={s:g}: {denoiser.denoising_psnr[s]:.2f} vs {p.denoising_psnr[s]:.2f} vs {floor[s]:.2f}"
+                         for s in levels) + f" (beats both at every level: **{'yes' if ok else 'no'}**).")
     if args.random_forest:
         lines.append(random_forest_line(splits, out))
 

@@ -26,6 +26,15 @@ def test_gaussian_noise_has_the_stated_std():
     assert not torch.equal(out, GaussianNoise(0.1)(X, gen(1)))
 
 
+def test_blind_gaussian_noise_draws_a_level_per_example():
+    from zspace.data.corruptions import BlindGaussianNoise
+
+    out = BlindGaussianNoise(0.4)(X, gen())
+    stds = (out - X).flatten(1).std(1)
+    assert stds.max() <= 0.4 * 1.05 and stds.min() < 0.05 and stds.std() > 0.05
+    assert stds.mean().item() == pytest.approx(0.2, abs=0.03)   # E[U(0, 0.4)]
+
+
 def test_masking_zeroes_the_stated_fraction():
     out = Masking(0.3)(X, gen())
     assert (out == 0).float().mean().item() == pytest.approx(0.3, abs=0.01)

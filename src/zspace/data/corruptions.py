@@ -4,6 +4,8 @@ Each is an object applied to a batch of clean inputs in [0, 1] with an explicit
 generator, so a corrupted batch is reproducible; the clean input stays the target.
 
     GaussianNoise(std)          x + N(0, std^2), clipped to [0, 1]
+    BlindGaussianNoise(max_std) the same with std ~ U(0, max_std) drawn per example, so one
+                                model learns to denoise every level up to max_std
     Masking(fraction)           each input dimension set to 0 with probability ``fraction``
     SaltAndPepper(fraction)     each dimension, with probability ``fraction``, set to 0 or 1 (even odds)
     InputDropout(rate)          masking followed by rescaling by 1 / (1 - rate), as dropout does
@@ -54,6 +56,16 @@ class GaussianNoise(Corruption):
         return (x + self.level * noise).clamp(0.0, 1.0)
 
 
+class BlindGaussianNoise(GaussianNoise):
+    name = "gaussian-blind"
+
+    def __call__(self, x, generator=None):
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        std = self.level * torch.rand(shape, generator=generator, device="cpu").to(x.device)
+        noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+        return (x + std * noise).clamp(0.0, 1.0)
+
+
 class Masking(Corruption):
     name = "masking"
 
@@ -90,11 +102,12 @@ class InputDropout(Corruption):
         return x * keep / (1.0 - self.level)
 
 
-CORRUPTIONS = {c.name: c for c in (Corruption, GaussianNoise, Masking, SaltAndPepper, InputDropout)}
+CORRUPTIONS = {c.name: c for c in (Corruption, GaussianNoise, BlindGaussianNoise, Masking, SaltAndPepper,
+                                    InputDropout)}
 
 
 def make_corruption(name: str, level: float = 0.0) -> Corruption:
-    """A corruption by name ('none', 'gaussian', 'masking', 'salt-and-pepper', 'dropout')."""
+    """A corruption by name: one of CORRUPTIONS' keys."""
     if name not in CORRUPTIONS:
         raise ConfigError(f"unknown corruption {name!r}; choose one of {', '.join(CORRUPTIONS)}")
     return CORRUPTIONS[name](level) if name != "none" else Corruption()

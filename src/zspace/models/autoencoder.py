@@ -38,6 +38,9 @@ PRESETS: dict[str, dict] = {
     "denoising-salt-and-pepper": dict(architecture="conv", channels=(32, 64), corruption="salt-and-pepper",
                                       corruption_level=0.2),
     "denoising-dropout": dict(architecture="conv", channels=(32, 64), corruption="dropout", corruption_level=0.3),
+    # One model for every noise level up to 0.5, with a wider code (a denoiser, not a compressor).
+    "denoiser": dict(architecture="conv", channels=(32, 64), latent_dim=256, corruption="gaussian-blind",
+                     corruption_level=0.5),
     "dropout": dict(hidden=(512, 256), dropout=0.2),
     "sparse-l1": dict(code_activation="relu", sparsity="l1", sparsity_weight=1e-4),
     "sparse-kl": dict(code_activation="sigmoid", sparsity="kl", sparsity_target=0.05, sparsity_weight=0.1),
