@@ -43,7 +43,7 @@ PRESETS: dict[str, dict] = {
                      corruption_level=0.5),
     "dropout": dict(hidden=(512, 256), dropout=0.2),
     "sparse-l1": dict(code_activation="relu", sparsity="l1", sparsity_weight=1e-4),
-    "sparse-kl": dict(code_activation="sigmoid", sparsity="kl", sparsity_target=0.05, sparsity_weight=0.1),
+    "sparse-kl": dict(code_activation="sigmoid", sparsity="kl", sparsity_target=0.05, sparsity_weight=3e-3),
 }
 
 
