@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(ALL))
     ap.add_argument("--random-forest", action="store_true")
+    ap.add_argument("--conv-channels", default="16,32", help="channels of every conv variant (presets: 32,64)")
     args = ap.parse_args()
     use_shared_data()
     torch.set_num_threads(args.threads)
@@ -44,13 +45,15 @@ def main() -> None:
     out = ROOT / "runs" / f"bench-ae-{args.data}"
     splits = zspace.load_dataset(args.data)
     levels = (0.1, 0.3, 0.5)
+    channels = tuple(int(c) for c in args.conv_channels.split(","))
+    conv = {v: {"channels": channels} for v in (*ALL, "denoiser") if v == "conv" or v.startswith("denois")}
     start = time.perf_counter()
     results = compare(splits, [v for v in variants if v != "linear"], epochs=args.epochs, out=out,
-                      noise_levels=levels, progress=True)
+                      noise_levels=levels, progress=True, overrides=conv)
     denoiser = None
     if "denoising" in variants:
         denoiser = compare(splits, ("denoiser",), epochs=args.epochs, out=out / "denoiser", code_size=256,
-                           noise_levels=levels, progress=True)[0]
+                           noise_levels=levels, progress=True, overrides=conv)[0]
     if "linear" in variants:
         results += compare(splits, ("linear",), epochs=args.linear_epochs, out=out / "linear",
                            noise_levels=levels, progress=True, lr=3e-3)
@@ -94,6 +97,7 @@ def main() -> None:
 Command: `{command_line()}` ({minutes:.0f} min)
 Machine: {machine()}; {args.threads} threads.
 Autoencoders: {args.epochs} epochs (linear: {args.linear_epochs}), batch 128, Adam lr 1e-3 cosine, seed 0,
+conv variants with channels {channels} (the presets default to (32, 64); smaller here to fit the CPU budget),
 inputs scaled to [0, 1], MSE loss. Test split: all {len(splits.test)} images. Linear probe: logistic
 regression on standardised codes (train-split codes → test accuracy). PSNR: output against the clean
 test image under Gaussian noise of std σ (clipped to [0, 1]). Sparsity: Hoyer's measure over codes
