@@ -123,6 +123,7 @@ def test_errors_on_a_trained_run(trained, tmp_path, capsys):
         (["train", "vae", "--resume", trained, "--latent-dim", "5"], "only --epochs/--steps"),
         (["train", "vae", *TRAIN[2:], "--out", trained], "already holds a run"),
         (["train", "ae", "--resume", trained], "holds a 'vae' run"),
+        (["train", "vae", "--resume", trained, "--data", "mnist"], "--data"),
         (["eval", trained, "--limit", "0"], "--limit must be"),
         (["sample", trained, "--out", tmp_path / "s.xyz"], "must end in"),
         (["encode", trained, "--out", tmp_path / "z.txt"], "must end in"),

@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cls in sorted(MODELS.items()):
         m = models.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0],
                               description=f"Train a {name} model. Flags default to the config's values.")
-        m.add_argument("--data", default="fashion-mnist",
+        m.add_argument("--data", default=None,
                        help="fashion-mnist, mnist, digits, or a .npy/.npz/.csv/IDX file (default: fashion-mnist)")
         m.add_argument("--preprocess", choices=PREPROCESSING, default=None,
                        help="default: dynamic-binarize for a Bernoulli VAE, scale otherwise")
@@ -176,6 +176,8 @@ def cmd_train(a) -> None:
     train_opts = _given(a, TrainConfig)
     if a.resume is not None:
         extra = set(model_opts) | (set(train_opts) - {"epochs", "steps"})
+        extra |= {k for k in ("data", "preprocess", "out", "label_column") if getattr(a, k) is not None}
+        extra |= {"overwrite"} if a.overwrite else set()
         if extra:
             raise ConfigError(f"--resume continues a run with its stored config; only --epochs/--steps "
                               f"may change (got {', '.join(_flag(e) for e in sorted(extra))})")
@@ -191,7 +193,7 @@ def cmd_train(a) -> None:
         if a.out is None:
             raise ConfigError("give --out RUN_FOLDER (or --resume RUN)")
         config = TrainConfig(**train_opts)
-        run = train(a.model, a.data, out=a.out, preprocessing=a.preprocess, config=config,
+        run = train(a.model, a.data or "fashion-mnist", out=a.out, preprocessing=a.preprocess, config=config,
                     progress=not a.no_progress, overwrite=a.overwrite, test_fraction=a.test_fraction,
                     label_column=a.label_column, **model_opts)
     last = run.history()[-1]
