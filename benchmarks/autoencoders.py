@@ -101,7 +101,8 @@ conv variants with channels {channels} (the presets default to (32, 64); smaller
 inputs scaled to [0, 1], MSE loss. Test split: all {len(splits.test)} images. Linear probe: logistic
 regression on standardised codes (train-split codes → test accuracy). PSNR: output against the clean
 test image under Gaussian noise of std σ (clipped to [0, 1]). Sparsity: Hoyer's measure over codes
-(0 dense, 1 one active unit) and the fraction of exactly-zero code entries.
+(0 dense, 1 one active unit) and the fraction of exactly-zero code entries. "train s" is wall-clock
+time with whatever else ran on the machine at the time (see the note below the table, if any).
 
 {table}
 
