@@ -116,7 +116,7 @@ def main() -> None:
     verdict = ("met" if frac is not None and frac <= 1 / 3 else "not met")
     reach_txt = (f"{reach['train_seconds']:.0f} s (epoch {reach['epoch']}) = {frac:.2f} of pythae's "
                  f"{pyt['train_seconds']:.0f} s" if reach else "not reached within the budget")
-    md = f"""### Side by side with pythae {pyt['pythae_version']}: MNIST VAE 784-200-200-50
+    md = f"""### Side by side with pythae {pyt['pythae_version']} (pythae lr {args.pythae_lr:g}): MNIST VAE 784-200-200-50
 
 Command: `{command_line()}`
 Machine: {machine()}; both on {args.threads} thread(s), one after the other in the same run.
@@ -138,7 +138,7 @@ on the same {len(test)} test images binarized once (seed {args.seed}).
 
 zspace reaches pythae's final NLL after {reach_txt}. Target ≤ 1/3: **{verdict}**.
 """
-    update_section("vs-pythae", md)
+    update_section(f"vs-pythae-lr{args.pythae_lr:g}", md)
 
 
 if __name__ == "__main__":
