@@ -36,11 +36,6 @@ class Preprocessing:
         self.name = name
         self.static_seed = static_seed
 
-    @property
-    def is_discrete(self) -> bool:
-        """True when inputs are integers (binary or 8-bit) and a likelihood is a probability."""
-        return self.name in ("dynamic-binarize", "static-binarize", "uint8")
-
     def check(self, data: ArrayData) -> None:
         """Raises DataError when ``data`` cannot be preprocessed this way."""
         if self.name in ("uint8", "dequantize") and not data.is_8bit:
