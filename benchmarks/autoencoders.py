@@ -70,7 +70,8 @@ def main() -> None:
         ok = lin.max_principal_angle < 5 and abs(ratio - 1) <= 0.01
         lines.append(f"- Linear AE vs PCA ({args.linear_epochs} epochs, Adam lr 3e-3 cosine): largest principal "
                      f"angle **{lin.max_principal_angle:.2f}°**, test reconstruction-error ratio "
-                     f"**{ratio:.4f}** (targets < 5° and within 1%: **{'met' if ok else 'not met'}**).")
+                     f"**{ratio:.4f}** (targets < 5° and within 1%: **{'met' if ok else 'not met'}**). "
+                     f"{eigengap_note(splits)}")
     if "pca" in by:
         best = max((r for r in results if r.variant != "pca"), key=lambda r: r.probe_accuracy)
         beat = best.probe_accuracy > by["pca"].probe_accuracy
@@ -110,6 +111,15 @@ time with whatever else ran on the machine at the time (see the note below the t
 """
     update_section(f"autoencoders-{args.data}", md)
     print(md)
+
+
+def eigengap_note(splits, k: int = 32) -> str:
+    """The largest angle is only as well defined as the gap between eigenvalues k and k+1."""
+    from sklearn.decomposition import PCA
+
+    ev = PCA(k + 1, svd_solver="randomized", random_state=0).fit(_flat_unit(splits.train.x)).explained_variance_
+    return (f"Eigenvalue gap λ{k}/λ{k + 1} = {ev[k - 1] / ev[k]:.4f}: the closer to 1, the less the error "
+            f"cares about the last direction and the slower gradient descent turns it.")
 
 
 def random_forest_line(splits, out) -> str:
