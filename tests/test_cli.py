@@ -117,6 +117,7 @@ def test_csv_with_labels_through_the_cli(tmp_path, capsys):
 
 
 def test_errors_on_a_trained_run(trained, tmp_path, capsys):
+    np.save(tmp_path / "wide.npy", np.random.default_rng(0).random((30, 10)).astype(np.float32))
     for argv, message in [
         (["eval", trained, "--nll-samples", "0"], "--nll-samples"),
         (["sample", trained, "-n", "0", "--out", tmp_path / "s.png"], "-n must be"),
@@ -127,6 +128,7 @@ def test_errors_on_a_trained_run(trained, tmp_path, capsys):
         (["eval", trained, "--limit", "0"], "--limit must be"),
         (["sample", trained, "--out", tmp_path / "s.xyz"], "must end in"),
         (["encode", trained, "--out", tmp_path / "z.txt"], "must end in"),
+        (["encode", trained, "--data", tmp_path / "wide.npy", "--out", tmp_path / "z.npy"], "the model expects"),
         (["encode", trained, "--data", "mnist", "--out", tmp_path / "z.npy"], "mnist not found"),
     ]:
         code, _, err = run_cli(capsys, *argv)

@@ -289,28 +289,22 @@ def cmd_reconstruct(a) -> None:
 def cmd_encode(a) -> None:
     import numpy as np
 
-    from .data import BatchLoader, load_dataset
+    from .data import load_dataset
     from .evaluation.likelihood import collect
     from .training import load_run
-    from .training.trainer import EVAL_SEED
 
     _check_suffix(a.out, (".npy",))
     if a.labels_out is not None:
         _check_suffix(a.labels_out, (".npy",))
     run = load_run(a.run)
-    splits = load_dataset(a.data) if a.data else run.data()
-    part = splits.split(a.split)
-    shape = tuple(run.model.config.input_shape)
-    if part.example_shape != shape:
-        raise ConfigError(f"data examples have shape {part.example_shape}, the model expects {shape}")
-    loader = BatchLoader(part, 500, run.preprocessing, shuffle=False, seed=EVAL_SEED)
+    loader = run.loader(a.split, 500, data=load_dataset(a.data) if a.data else None)
     z = collect(run.model, loader.epoch(0), lambda m, x: m.embed(x))
     np.save(a.out, z)
     print(f"codes {z.shape}: {a.out}")
     if a.labels_out is not None:
-        if part.y is None:
+        if loader.data.y is None:
             raise ConfigError("the data have no labels")
-        np.save(a.labels_out, part.y)
+        np.save(a.labels_out, loader.data.y)
         print(f"labels: {a.labels_out}")
 
 
@@ -325,12 +319,11 @@ def cmd_denoise(a) -> None:
     import numpy as np
     import torch
 
-    from .data import BatchLoader, load_dataset
+    from .data import load_dataset
     from .data.corruptions import make_corruption
     from .evaluation.image_quality import psnr, ssim
     from .report.figures import as_images, save_labelled_rows
     from .training import load_run
-    from .training.trainer import EVAL_SEED
 
     _check_suffix(a.out, (".png", ".npy"))
     if a.limit is not None and a.limit < 1:
@@ -340,13 +333,7 @@ def cmd_denoise(a) -> None:
     if run.data_spec.preprocessing not in ("scale", "none"):
         raise ConfigError(f"denoising compares grey levels; this run was trained on "
                           f"{run.data_spec.preprocessing!r} inputs")
-    part = (load_dataset(a.data) if a.data else run.data()).split(a.split)
-    if a.limit:
-        part = part.head(a.limit)
-    if part.example_shape != tuple(run.model.config.input_shape):
-        raise ConfigError(f"data examples have shape {part.example_shape}, the model expects "
-                          f"{tuple(run.model.config.input_shape)}")
-    loader = BatchLoader(part, 500, run.preprocessing, shuffle=False, seed=EVAL_SEED)
+    loader = run.loader(a.split, 500, limit=a.limit, data=load_dataset(a.data) if a.data else None)
     g = torch.Generator().manual_seed(a.seed)
     clean, noisy, out = [], [], []
     with torch.no_grad():

@@ -102,8 +102,14 @@ class Run:
 
     def loader(self, split: str = "test", batch_size: int = 500, limit: int | None = None,
                data: DataSplits | None = None) -> BatchLoader:
-        """Unshuffled batches of a split with the run's preprocessing (fixed evaluation draw)."""
+        """Unshuffled batches of a split with the run's preprocessing (fixed evaluation draw).
+
+        ``data`` (default: the run's own) must have the examples the model was built for.
+        """
         part = (data or self.data()).split(split)
+        shape = tuple(self.model.config.input_shape)
+        if part.example_shape != shape:
+            raise ConfigError(f"data examples have shape {part.example_shape}, the model expects {shape}")
         if limit is not None:
             part = part.head(limit)
         return BatchLoader(part, batch_size, self.preprocessing, shuffle=False, seed=EVAL_SEED)
