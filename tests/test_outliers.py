@@ -7,6 +7,7 @@ from sklearn.utils.estimator_checks import check_estimator
 import zspace
 from zspace import ConfigError, DataError
 from zspace.data.corruptions import Mutation
+from zspace.data.loader import Batch
 from zspace.detect import AutoencoderOutlierDetector, GenerativeOutlierDetector, VAEOutlierDetector
 from zspace.evaluation import outliers as O
 
@@ -121,6 +122,40 @@ def test_background_model_trains_on_mutated_inputs(monkeypatch):
         zspace.VAEConfig(input_mutation=-0.1)
 
 
+@pytest.mark.parametrize("head, values", [("bernoulli", {0.0, 1.0}), ("categorical", set(map(float, range(256))))])
+def test_pixelcnn_background_model_mutates_within_its_value_space(monkeypatch, head, values):
+    m = zspace.PixelCNN(zspace.PixelCNNConfig(input_shape=(1, 8, 8), head=head, channels=4, residual_blocks=0,
+                                              head_channels=4, input_mutation=0.5))
+    seen = []
+    real = m.log_prob
+    monkeypatch.setattr(m, "log_prob", lambda x, y=None: (seen.append(x), real(x, y))[1])
+    x = torch.zeros(200, 1, 8, 8)
+    m.train()
+    m.loss(x)
+    hit = seen[-1] != x
+    assert float(hit.float().mean()) == pytest.approx(0.5 * (1 - 1 / len(values)), abs=0.02)
+    assert set(seen[-1].unique().tolist()) <= values and len(set(seen[-1].unique().tolist())) > len(values) // 2
+    m.eval()
+    m.loss(x)
+    assert torch.equal(seen[-1], x)
+    with pytest.raises(ConfigError, match="input_mutation"):
+        zspace.PixelCNNConfig(input_mutation=2.0)
+
+
+def test_exact_nll_score_is_minus_log_prob_and_needs_an_autoregressive_model():
+    torch.manual_seed(0)
+    m = zspace.PixelCNN(zspace.PixelCNNConfig(input_shape=(1, 8, 8), channels=4, residual_blocks=1, head_channels=4))
+    x = (torch.rand(10, 1, 8, 8) > 0.5).float()
+    batches = [Batch(x[:6], None, np.arange(6)), Batch(x[6:], None, np.arange(6, 10))]
+    got = O.exact_nll(m, batches)
+    with torch.no_grad():
+        assert np.allclose(got, -m.log_prob(x).double().numpy())
+    assert got.shape == (10,) and (got > 0).all()
+    with pytest.raises(ConfigError, match="log_prob"):
+        O.exact_nll(zspace.VAE(zspace.VAEConfig(input_shape=(64,), latent_dim=2, hidden=(8,))),
+                    [Batch(torch.rand(2, 64), None, np.arange(2))])
+
+
 def test_png_code_length_and_complexity():
     blank = np.zeros((2, 28, 28), np.uint8)
     noise = np.random.default_rng(0).integers(0, 256, size=(2, 28, 28), dtype=np.uint8)
@@ -218,5 +253,5 @@ def test_fpr_at_tpr_matches_the_roc_curve():
 
 def test_model_scores_name_what_they_need():
     ae = zspace.Autoencoder(zspace.AutoencoderConfig(input_shape=(4,), latent_dim=2, hidden=(8,)))
-    with pytest.raises(ConfigError, match="needs a VAE"):
+    with pytest.raises(ConfigError, match=r"elbo_terms\(\) \(a VAE\)"):
         O.negative_elbo(ae, [])

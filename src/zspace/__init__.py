@@ -13,7 +13,8 @@ from .errors import (CheckpointError, ConfigError, DataError, TrainingDiverged, 
                      ZspaceError)
 from .evaluation import (bits_per_dim, evaluate_likelihood,  # noqa: E402
                          importance_sampled_log_likelihood, reconstruction_error)
-from .models import CVAE, VAE, Autoencoder, AutoencoderConfig, CVAEConfig, VAEConfig, build_model  # noqa: E402
+from .models import (CVAE, VAE, VQVAE, Autoencoder, AutoencoderConfig, CVAEConfig, GatedPixelCNN,  # noqa: E402
+                     GatedPixelCNNConfig, PixelCNN, PixelCNNConfig, VAEConfig, VQVAEConfig, build_model)
 from .training import DataSpec, Run, TrainConfig, Trainer, load_run, resume, train  # noqa: E402
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "bits_per_dim", "evaluate_likelihood", "importance_sampled_log_likelihood",
     "reconstruction_error",
     "VAE", "CVAE", "Autoencoder", "AutoencoderConfig", "VAEConfig", "CVAEConfig", "build_model",
+    "PixelCNN", "PixelCNNConfig", "GatedPixelCNN", "GatedPixelCNNConfig", "VQVAE", "VQVAEConfig",
     "DataSpec", "Run", "TrainConfig", "Trainer", "load_run", "resume", "train",
 ]

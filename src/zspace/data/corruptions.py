@@ -11,7 +11,10 @@ generator, so a corrupted batch is reproducible; the clean input stays the targe
     InputDropout(rate)          masking followed by rescaling by 1 / (1 - rate), as dropout does
     Mutation(rate)              each dimension, with probability ``rate``, replaced by a level
                                 drawn uniformly from {0, 1/255, ..., 1} (Ren et al. 2019's
-                                perturbation for the background model of a likelihood ratio)
+                                perturbation for the background model of a likelihood ratio);
+                                ``levels`` and ``top`` set the value space of other inputs:
+                                Mutation(r, 2) for binary pixels, Mutation(r, 256, 255.0) for
+                                8-bit integers
 """
 from __future__ import annotations
 
@@ -108,14 +111,18 @@ class InputDropout(Corruption):
 class Mutation(Corruption):
     name = "mutation"
 
-    def __init__(self, rate: float):
+    def __init__(self, rate: float, levels: int = 256, top: float = 1.0):
         _check_fraction("mutation rate", rate)
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ConfigError(f"mutation needs at least 2 levels, got {levels!r}")
         super().__init__(rate)
+        self.levels, self.top = levels, float(top)
 
     def __call__(self, x, generator=None):
         hit = _uniform(x, generator) < self.level
-        levels = torch.randint(0, 256, x.shape, generator=generator, device="cpu").to(x.device, x.dtype) / 255.0
-        return torch.where(hit, levels, x)
+        draw = torch.randint(0, self.levels, x.shape, generator=generator, device="cpu")
+        values = (draw * self.top / (self.levels - 1)).to(x.device, x.dtype)
+        return torch.where(hit, values, x)
 
 
 CORRUPTIONS = {c.name: c for c in (Corruption, GaussianNoise, BlindGaussianNoise, Masking, SaltAndPepper,

@@ -6,6 +6,7 @@ batches (``Batch`` objects, e.g. ``run.loader("test").epoch(0)``) or precomputed
     reconstruction_scores   ||x - x_hat|| per example, L1, L2 (mean squared) or L-inf
     negative_elbo           -ELBO, one posterior sample (nats)
     importance_sampled_nll  -log p(x) estimated with k importance samples (nats)
+    exact_nll               -log p(x) of an autoregressive model (PixelCNN), exact (nats)
     likelihood_ratio        NLL under the model minus NLL under a background model trained
                             on mutated inputs (Ren et al. 2019): population-level pixel
                             statistics cancel, semantic content remains
@@ -59,7 +60,8 @@ def reconstruction_scores(model, batches: Iterable[Batch], norm: str = "l2") -> 
 
 def _needs(model, method: str, score: str) -> None:
     if not hasattr(model, method):
-        raise ConfigError(f"the {score} score needs a VAE (a model with {method}); "
+        raise ConfigError(f"the {score} score needs a model with {method}() "
+                          f"({'an autoregressive model' if method == 'log_prob' else 'a VAE'}); "
                           f"{type(model).__name__} has none")
 
 
@@ -79,6 +81,14 @@ def importance_sampled_nll(model, batches: Iterable[Batch], num_samples: int = 1
     out = []
     for x, y in _batches_to(model, batches):
         out.append(-importance_sampled_log_likelihood(model, x, num_samples, y=y).cpu())
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def exact_nll(model, batches: Iterable[Batch]) -> np.ndarray:
+    """-log p(x) in nats per example, exact, from an autoregressive model's ``log_prob``."""
+    _needs(model, "log_prob", "exact NLL")
+    out = [-model.log_prob(x, y).double().cpu() for x, y in _batches_to(model, batches)]
     return torch.cat(out).numpy()
 
 

@@ -5,5 +5,5 @@ from .pixelcnn import GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConf
 from .vae import CVAE, VAE, CVAEConfig, VAEConfig
 from .vqvae import VQVAE, VQVAEConfig
 
-__all__ = ["Autoencoder", "AutoencoderConfig", "VAE", "VAEConfig", "CVAE", "CVAEConfig", "PixelCNN", "PixelCNNConfig", "GatedPixelCNN", "GatedPixelCNNConfig", "VQVAE", "VQVAEConfig", "MODELS", "Losses", "Model",
-           "build_model"]
+__all__ = ["Autoencoder", "AutoencoderConfig", "VAE", "VAEConfig", "CVAE", "CVAEConfig", "PixelCNN", "PixelCNNConfig",
+           "GatedPixelCNN", "GatedPixelCNNConfig", "VQVAE", "VQVAEConfig", "MODELS", "Losses", "Model", "build_model"]

@@ -55,6 +55,11 @@ def check_positive_int(name: str, value, minimum: int = 1) -> None:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_fraction(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must lie in [0, 1], got {value!r}")
+
+
 def check_positive(name: str, value) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
@@ -82,6 +87,22 @@ class Model(nn.Module):
 
     def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, warmup: float = 1.0) -> Losses:
         raise NotImplementedError
+
+    @property
+    def mutation_levels(self) -> tuple[int, float]:
+        """(number of levels, top value) of the inputs' value space, for input mutation."""
+        return 256, 1.0
+
+    def training_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as the loss should see it: while training with ``config.input_mutation`` > 0 (Ren
+        et al. 2019's background model for likelihood ratios), that fraction of dimensions is
+        replaced by uniform random levels, inputs and targets alike (global RNG: checkpointed)."""
+        rate = getattr(self.config, "input_mutation", 0.0)
+        if not (self.training and rate > 0):
+            return x
+        from ..data.corruptions import Mutation
+
+        return Mutation(rate, *self.mutation_levels)(x)
 
     def check_data(self, data) -> None:
         """Raises DataError if ``data`` (ArrayData) cannot feed this model beyond its shape

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from ..errors import ConfigError, DataError
-from .base import Losses, Model, ModelConfig, check_labelled_data, check_positive_int, checked_labels, register
+from .base import (Losses, Model, ModelConfig, check_fraction, check_labelled_data, check_positive_int, checked_labels,
+                   register)
 
 HEADS = ("bernoulli", "categorical", "logistic-mixture")
 
@@ -86,6 +87,7 @@ class PixelCNNConfig(ModelConfig):
     mixtures: int = 5                    # components of the logistic mixture
     levels: int = 256                    # values of the categorical head (K for a prior over VQ-VAE codes)
     embedding_dim: int = 0               # > 0: categorical inputs enter as learned embeddings, not scaled values
+    input_mutation: float = 0.0          # background model for likelihood ratios (Ren et al. 2019)
 
     def __post_init__(self):
         if len(self.input_shape) != 3 or any(int(s) < 1 for s in self.input_shape):
@@ -106,6 +108,7 @@ class PixelCNNConfig(ModelConfig):
         if (self.levels != 256 or self.embedding_dim) and self.head != "categorical":
             raise ConfigError("levels and embedding_dim apply to the categorical head only")
         check_positive_int("embedding_dim", self.embedding_dim, minimum=0)
+        check_fraction("input_mutation", self.input_mutation)
 
     @property
     def in_channels(self) -> int:
@@ -207,7 +210,13 @@ class PixelCNN(Model):
         """Exact log p(x) (log p(x|y) for a class-conditional model) in nats per image, (B,)."""
         return self.distribution(x, y).log_prob(x)
 
+    @property
+    def mutation_levels(self) -> tuple[int, float]:
+        c = self.config
+        return (2, 1.0) if c.head == "bernoulli" else (c.levels, float(c.levels - 1))
+
     def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
+        x = self.training_input(x)
         nll = -self.log_prob(x, y)
         return Losses(nll.mean(), {"nll": nll.detach()})
 

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.corruptions import Mutation
 from ..distributions import DecoderLikelihood, DiagonalGaussian, LIKELIHOODS, standard_normal_log_prob
 from ..errors import ConfigError
-from .base import (Losses, Model, ModelConfig, check_labelled_data, check_positive, check_positive_int,
-                   checked_labels, register)
+from .base import (Losses, Model, ModelConfig, check_fraction, check_labelled_data, check_positive,
+                   check_positive_int, checked_labels, register)
 from .networks import build_decoder, build_encoder, check_architecture
 
 
@@ -57,8 +56,7 @@ class VAEConfig(ModelConfig):
         check_positive("variance", self.variance)
         if self.likelihood not in LIKELIHOODS:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
-        if not (isinstance(self.input_mutation, (int, float)) and 0.0 <= self.input_mutation <= 1.0):
-            raise ConfigError(f"input_mutation must lie in [0, 1], got {self.input_mutation!r}")
+        check_fraction("input_mutation", self.input_mutation)
         if not (isinstance(self.tc_weight, (int, float)) and math.isfinite(self.tc_weight) and self.tc_weight >= 0):
             raise ConfigError(f"tc_weight must be >= 0, got {self.tc_weight!r}")
         if self.tc_weight and (self.beta != 1.0 or self.iw_samples > 1):
@@ -169,8 +167,7 @@ class VAE(Model):
         return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
 
     def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
-        if self.training and self.config.input_mutation > 0:
-            x = Mutation(self.config.input_mutation)(x)   # global RNG: saved in checkpoints
+        x = self.training_input(x)
         k = self.config.iw_samples
         if self.config.tc_weight:
             return self._tc_loss(x, y, warmup)
