@@ -33,9 +33,12 @@ def test_scorecard_fills_every_criterion_it_can(runs):
     assert "N = 150" in md and "random-16" in md
     real, vae, pcnn, ae = card.columns.values()
     assert set(real) == {"high-quality samples", "coverage", "efficient sampling"}
-    assert set(vae) == set(CRITERIA)                          # a VAE has every row
+    assert set(vae) == set(pcnn) == set(ae) == set(CRITERIA)  # every model has every row, measured or ✗
+    assert not any(v.startswith("✗") for v in vae.values())   # a VAE measures them all
     assert "exact" in pcnn["efficient likelihood"] and "IS bound" in vae["efficient likelihood"]
-    assert "efficient sampling" not in ae and "well-behaved latent space" in ae   # no prior, but a code
+    assert pcnn["well-behaved latent space"] == "✗ no latent variables"
+    assert ae["efficient sampling"] == "✗ no prior to sample from"           # no prior, but a code
+    assert not ae["well-behaved latent space"].startswith("✗") and ae["efficient likelihood"] == "✗ no likelihood"
     fid_real = float(real["high-quality samples"].split()[1].rstrip(","))
     fid_vae = float(vae["high-quality samples"].split()[1].rstrip(","))
     assert 0 <= fid_real < fid_vae                            # the real test set is the floor

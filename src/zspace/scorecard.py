@@ -151,7 +151,23 @@ def evaluate_run(run, ext, real_train_feats, n: int, seed: int = 0, nll_samples:
             kind = "of the VQ-VAE's code grids, not of images"
         cells["efficient likelihood"] = (f"NLL {rep.nll:.2f} nats ({what}; {kind}), "
                                          f"{1000 * rep.seconds / rep.num_examples:.1f} ms/example")
-    return cells
+    return {c: cells.get(c, "✗ " + _why_not(run, c)) for c in CRITERIA}
+
+
+def _why_not(run, criterion: str) -> str:
+    """Why a model has no measurement for a criterion (the ✗ of the lectures' table)."""
+    model = run.model
+    if criterion in ("efficient sampling", "high-quality samples", "coverage"):
+        return "no prior to sample from"
+    if criterion == "efficient likelihood":
+        return "no likelihood"
+    if run.config.get("prior_of"):
+        return "discrete code grid: no continuous latent space"
+    if hasattr(model, "log_prob"):
+        return "no latent variables"
+    if criterion == "interpretable latent space":
+        return "no N(0, I) prior to measure unit activity against"
+    return "no latent space"
 
 
 def scorecard(runs, n: int = 10000, seed: int = 0, extractor=None) -> Scorecard:
