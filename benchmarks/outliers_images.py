@@ -1,15 +1,22 @@
-"""Out-of-distribution detection on images with a VAE: Fashion-MNIST -> MNIST and back,
-plus noise, horizontal flips and inverted images of the training set's own test split.
+"""Out-of-distribution detection on images with a VAE or a PixelCNN: Fashion-MNIST -> MNIST
+and back, plus noise, horizontal flips and inverted images of the training set's own test split.
 
-For each direction a VAE is trained on the in-distribution training split, and a
-background VAE on the same images with a fraction of pixels mutated (Ren et al. 2019).
-Every score of zspace.evaluation.outliers is computed on the in-distribution test split
-(label 0) and on each out-of-distribution set (label 1): AUROC, AUPRC and FPR at 95% TPR.
-The raw-likelihood failure (Nalisnick et al. 2019: a Fashion-MNIST model gives MNIST
-higher likelihood) shows up as an AUROC below 0.5 for the NLL.
+For each direction a model is trained on the in-distribution training split, and a
+background model of the same family on the same images with a fraction of pixels mutated
+(Ren et al. 2019). Every score of zspace.evaluation.outliers that the family supports is
+computed on the in-distribution test split (label 0) and on each out-of-distribution set
+(label 1): AUROC, AUPRC and FPR at 95% TPR. The raw-likelihood failure (Nalisnick et al.
+2019: a Fashion-MNIST model gives MNIST higher likelihood) shows up as an AUROC below 0.5
+for the NLL.
+
+The PixelCNN (discretized logistic mixture on 8-bit pixels: a true discrete likelihood, so
+its bits compare with PNG's) can be the one benchmarks/pixelcnn_likelihood.py trained
+(--foreground RUN); its background model trains here for --background-epochs.
 
     python benchmarks/outliers_images.py --train fashion-mnist
     python benchmarks/outliers_images.py --train mnist
+    python benchmarks/outliers_images.py --train fashion-mnist --model pixelcnn \
+        --foreground runs/bench-pixelcnn-fashion-mnist-cpu --background-epochs 1
 """
 from __future__ import annotations
 
@@ -31,7 +38,10 @@ OTHER = {"fashion-mnist": "mnist", "mnist": "fashion-mnist"}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train", default="fashion-mnist", choices=tuple(OTHER))
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--model", default="vae", choices=("vae", "pixelcnn"))
+    ap.add_argument("--epochs", type=int, default=20, help="the model's epochs (when not given --foreground)")
+    ap.add_argument("--foreground", default=None, help="a trained run of the chosen family to use as the model")
+    ap.add_argument("--background-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--latent-dim", type=int, default=16)
     ap.add_argument("--mutation", type=float, default=0.2, help="background model's mutation rate (Ren et al.)")
     ap.add_argument("--weight-decay", type=float, default=0.0, help="background model's L2 (Ren et al.'s option)")
@@ -44,15 +54,23 @@ def main() -> None:
     start = time.perf_counter()
     inside = zspace.load_dataset(args.train)
     other = zspace.load_dataset(OTHER[args.train])
-    out = ROOT / "runs" / f"bench-ood-{args.train}"
-    config = zspace.TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, lr_schedule="cosine",
-                                eval_limit=2000, seed=0)
-    net = dict(latent_dim=args.latent_dim, hidden=(512, 256), activation="elu")
-    model = zspace.train("vae", inside, out=out / "model", config=config, preprocessing="scale",
-                         overwrite=True, progress=False, **net).model
-    background = zspace.train("vae", inside, out=out / "background", preprocessing="scale", overwrite=True,
-                              progress=False, config=config.replace(weight_decay=args.weight_decay),
-                              input_mutation=args.mutation, **net).model
+    family = FAMILIES[args.model]
+    out = ROOT / "runs" / (f"bench-ood-{args.train}" + ("" if args.model == "vae" else f"-{args.model}"))
+    config = zspace.TrainConfig(epochs=args.epochs, batch_size=family["batch"], lr=1e-3, lr_schedule="cosine",
+                                eval_limit=2000, seed=0, threads=args.threads)
+    if args.foreground:
+        fg = zspace.load_run(args.foreground)
+        if fg.model.name not in family["names"] or fg.data_spec.source != args.train:
+            raise SystemExit(f"{args.foreground} holds a {fg.model.name} run on {fg.data_spec.source}, "
+                             f"not a {args.model} on {args.train}")
+    else:
+        fg = zspace.train(args.model, inside, out=out / "model", config=config, preprocessing=family["pre"],
+                          overwrite=True, progress=False, **family["options"](args))
+    model = fg.model
+    bg_config = config.replace(weight_decay=args.weight_decay, epochs=args.background_epochs or args.epochs)
+    background = zspace.train(fg.model.name, inside, out=out / "background", preprocessing=family["pre"],
+                              overwrite=True, progress=False, figures=False, config=bg_config,
+                              **model.config.to_dict() | {"input_mutation": args.mutation}).model
     train_minutes = (time.perf_counter() - start) / 60
 
     test = inside.test.head(args.limit).x
@@ -63,22 +81,24 @@ def main() -> None:
         "horizontally flipped": test[..., ::-1].copy(),
         "inverted": (255 - test).astype(np.uint8),
     }
+    scores_of = family["scores"]
+    nll_name = family["nll_name"]
     # typical set and latent Gaussian from 10,000 training images
-    reference = inside.train.head(10000).x
-    ref = scores_of(model, background, reference, args.nll_samples)
-    latent = O.LatentGaussian(ref["codes"])
-    inl = scores_of(model, background, test, args.nll_samples)
+    reference = inside.train.head(args.limit).x
+    ref = scores_of(model, background, reference, args)
+    latent = O.LatentGaussian(ref["codes"]) if "codes" in ref else None
+    inl = scores_of(model, background, test, args)
     sections, failure = [], None
     for name, x in sets.items():
-        outl = scores_of(model, background, x, args.nll_samples)
+        outl = scores_of(model, background, x, args)
         table = []
-        for score, (a, b) in derived_scores(inl, outl, ref, latent).items():
+        for score, (a, b) in derived_scores(inl, outl, ref, latent, nll_name).items():
             y = np.r_[np.zeros(len(a), int), np.ones(len(b), int)]
             m = O.separation(y, np.r_[a, b])
             table.append((score, m))
         best = max(table, key=lambda t: t[1]["auroc"])
         if name == OTHER[args.train]:
-            failure = dict(table)["NLL (importance-sampled)"]["auroc"], best
+            failure = dict(table)[nll_name]["auroc"], best
         batch = typicality_batches(inl["nll"], outl["nll"], ref["nll"])
         rows = "\n".join(f"| {s} | {m['auroc']:.3f} | {m['auprc']:.3f} | {m['fpr95']:.3f} |" for s, m in table)
         sections.append(f"""**{args.train} test (inliers) vs {name} (outliers)**, {len(test)} + {len(x)} images; best: **{best[0]} {best[1]['auroc']:.3f}**
@@ -96,27 +116,26 @@ Typicality batch test (Nalisnick et al. 2019b; batches of 10, α = 0.01, bootstr
         target = (f"\nTarget (Fashion-MNIST → MNIST): best score ≥ 0.99 AUROC: **{best[0]} {best[1]['auroc']:.3f}, "
                   f"{'met' if best[1]['auroc'] >= 0.99 else 'not met'}**; raw likelihood's AUROC "
                   f"{nll_auroc:.3f} ({'the failure reproduced: MNIST looks *more* likely' if nll_auroc < 0.5 else 'no failure here'}).\n")
-    md = f"""### Out-of-distribution detection with a VAE, trained on {args.train}
+    trained = (f"`{args.foreground}` (trained by its own command above): {model.describe()}" if args.foreground
+               else family["describe"](args))
+    md = f"""### Out-of-distribution detection with a {family['title']}, trained on {args.train}
 
 Command: `{command_line()}` ({minutes:.0f} min, of which training {train_minutes:.0f} min)
 Machine: {machine()}; {args.threads} threads.
-Model: VAE 784-512-256-{args.latent_dim} (elu), Bernoulli decoder on grey levels scaled to [0, 1], {args.epochs}
-epochs, batch 128, Adam lr 1e-3 cosine, seed 0. Background model (likelihood ratio): the same, trained with
+Model: {trained}. Background model (likelihood ratio): the same architecture, trained {bg_config.epochs} epochs with
 {args.mutation:.0%} of pixels replaced by uniform random levels each step{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}.
-NLL: importance-sampled, k = {args.nll_samples}, in nats (Bernoulli cross-entropy on grey levels: a score,
-not a normalised likelihood). Complexity: PNG (zlib level 9) code length in bits (Serrà et al. 2020).
-Typicality: |NLL − mean training NLL| (10,000 training images). Mahalanobis: posterior means under a
-Gaussian fitted to the same 10,000 training codes. PixelCNN rows: not yet (the autoregressive models
-are issue 5).
+{family['nll_note'](args)} Complexity: PNG (zlib level 9) code length in bits (Serrà et al. 2020).
+Typicality: |NLL − mean training NLL| ({len(reference)} training images).{family['extra_note']}
 {target}
 {chr(10).join(sections)}"""
-    update_section(f"ood-{args.train}", md)
+    update_section(f"ood-{args.train}" + ("" if args.model == "vae" else f"-{args.model}"), md)
     print(md)
 
 
-def scores_of(model, background, x_uint8: np.ndarray, k: int) -> dict[str, np.ndarray]:
+def vae_scores(model, background, x_uint8: np.ndarray, args) -> dict[str, np.ndarray]:
     data = ArrayData.from_arrays(x_uint8)
     loader = BatchLoader(data, 500, Preprocessing("scale"), shuffle=False)
+    k = args.nll_samples
     with seeded(0):
         res = {
             "l1": O.reconstruction_scores(model, loader.epoch(0), "l1"),
@@ -132,19 +151,52 @@ def scores_of(model, background, x_uint8: np.ndarray, k: int) -> dict[str, np.nd
     return res
 
 
-def derived_scores(a: dict, b: dict, ref: dict, latent) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def pixelcnn_scores(model, background, x_uint8: np.ndarray, args) -> dict[str, np.ndarray]:
+    loader = BatchLoader(ArrayData.from_arrays(x_uint8), 250, Preprocessing("uint8"), shuffle=False)
+    return {"nll": O.exact_nll(model, loader.epoch(0)), "nll_bg": O.exact_nll(background, loader.epoch(0)),
+            "png_bits": O.png_bits(x_uint8)}
+
+
+FAMILIES = {
+    "vae": dict(
+        title="VAE", names=("vae",), pre="scale", batch=128, scores=vae_scores, nll_name="NLL (importance-sampled)",
+        options=lambda a: dict(latent_dim=a.latent_dim, hidden=(512, 256), activation="elu"),
+        describe=lambda a: (f"VAE 784-512-256-{a.latent_dim} (elu), Bernoulli decoder on grey levels scaled to "
+                            f"[0, 1], {a.epochs} epochs, batch 128, Adam lr 1e-3 cosine, seed 0"),
+        nll_note=lambda a: (f"NLL: importance-sampled, k = {a.nll_samples}, in nats (Bernoulli cross-entropy on "
+                            "grey levels: a score, not a normalised likelihood)."),
+        extra_note=" Mahalanobis: posterior means under a Gaussian fitted to the same training codes."),
+    "pixelcnn": dict(
+        title="PixelCNN", names=("pixelcnn", "gated-pixelcnn"), pre="uint8", batch=64, scores=pixelcnn_scores,
+        nll_name="NLL (exact)",
+        options=lambda a: dict(head="logistic-mixture"),
+        describe=lambda a: (f"PixelCNN with its defaults, discretized logistic mixture on 8-bit pixels, {a.epochs} "
+                            "epochs, batch 64, Adam lr 1e-3 cosine, seed 0"),
+        nll_note=lambda a: "NLL: exact, in nats (a normalised likelihood of the 8-bit image).",
+        extra_note=""),
+}
+
+
+def derived_scores(a: dict, b: dict, ref: dict, latent, nll_name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every score both score dictionaries support, as (inlier scores, outlier scores)."""
     both = lambda f: (f(a), f(b))  # noqa: E731
-    return {
-        "reconstruction error, L1": both(lambda s: s["l1"]),
-        "reconstruction error, L2": both(lambda s: s["l2"]),
-        "reconstruction error, L∞": both(lambda s: s["linf"]),
-        "negative ELBO": both(lambda s: s["nelbo"]),
-        "NLL (importance-sampled)": both(lambda s: s["nll"]),
+    out = {}
+    if "l1" in a:
+        out.update({
+            "reconstruction error, L1": both(lambda s: s["l1"]),
+            "reconstruction error, L2": both(lambda s: s["l2"]),
+            "reconstruction error, L∞": both(lambda s: s["linf"]),
+            "negative ELBO": both(lambda s: s["nelbo"]),
+        })
+    out.update({
+        nll_name: both(lambda s: s["nll"]),
         "likelihood ratio (NLL − background NLL)": both(lambda s: O.likelihood_ratio(s["nll"], s["nll_bg"])),
         "complexity-corrected NLL (bits − PNG bits)": both(lambda s: O.complexity_corrected(s["nll"], s["png_bits"])),
         "typicality |NLL − H|": both(lambda s: O.typicality(s["nll"], ref["nll"])),
-        "latent Mahalanobis": both(lambda s: latent.score(s["codes"])),
-    }
+    })
+    if latent is not None:
+        out["latent Mahalanobis"] = both(lambda s: latent.score(s["codes"]))
+    return out
 
 
 def typicality_batches(inl: np.ndarray, outl: np.ndarray, ref: np.ndarray, m: int = 10) -> tuple[float, float]:
