@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--model", default="vae", choices=("vae", "pixelcnn"))
     ap.add_argument("--epochs", type=int, default=20, help="the model's epochs (when not given --foreground)")
     ap.add_argument("--foreground", default=None, help="a trained run of the chosen family to use as the model")
+    ap.add_argument("--background", default=None, help="a trained background run (input_mutation > 0) to use")
     ap.add_argument("--background-epochs", type=int, default=None, help="default: --epochs")
     ap.add_argument("--latent-dim", type=int, default=16)
     ap.add_argument("--mutation", type=float, default=0.2, help="background model's mutation rate (Ren et al.)")
@@ -67,10 +68,19 @@ def main() -> None:
         fg = zspace.train(args.model, inside, out=out / "model", config=config, preprocessing=family["pre"],
                           overwrite=True, progress=False, **family["options"](args))
     model = fg.model
-    bg_config = config.replace(weight_decay=args.weight_decay, epochs=args.background_epochs or args.epochs)
-    background = zspace.train(fg.model.name, inside, out=out / "background", preprocessing=family["pre"],
-                              overwrite=True, progress=False, figures=False, config=bg_config,
-                              **model.config.to_dict() | {"input_mutation": args.mutation}).model
+    if args.background:
+        bg = zspace.load_run(args.background)
+        mutation = getattr(bg.model.config, "input_mutation", 0.0)
+        if bg.model.name != model.name or bg.data_spec.source != args.train or not mutation:
+            raise SystemExit(f"{args.background} is not a {model.name} background (input_mutation > 0) on {args.train}")
+        bg_epochs, bg_decay = bg.config["train"]["epochs"], bg.config["train"]["weight_decay"]
+    else:
+        mutation, bg_epochs, bg_decay = args.mutation, args.background_epochs or args.epochs, args.weight_decay
+        bg = zspace.train(fg.model.name, inside, out=out / "background", preprocessing=family["pre"],
+                          overwrite=True, progress=False, figures=False,
+                          config=config.replace(weight_decay=bg_decay, epochs=bg_epochs),
+                          **model.config.to_dict() | {"input_mutation": mutation})
+    background = bg.model
     train_minutes = (time.perf_counter() - start) / 60
 
     test = inside.test.head(args.limit).x
@@ -122,8 +132,8 @@ Typicality batch test (Nalisnick et al. 2019b; batches of 10, α = 0.01, bootstr
 
 Command: `{command_line()}` ({minutes:.0f} min, of which training {train_minutes:.0f} min)
 Machine: {machine()}; {args.threads} threads.
-Model: {trained}. Background model (likelihood ratio): the same architecture, trained {bg_config.epochs} epochs with
-{args.mutation:.0%} of pixels replaced by uniform random levels each step{f', weight decay {args.weight_decay:g}' if args.weight_decay else ''}.
+Model: {trained}. Background model (likelihood ratio){f' `{args.background}`' if args.background else ''}: the same architecture, trained {bg_epochs} epochs with
+{mutation:.0%} of pixels replaced by uniform random levels each step{f', weight decay {bg_decay:g}' if bg_decay else ''}.
 {family['nll_note'](args)} Complexity: PNG (zlib level 9) code length in bits (Serrà et al. 2020).
 Typicality: |NLL − mean training NLL| ({len(reference)} training images).{family['extra_note']}
 {target}

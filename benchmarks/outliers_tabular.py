@@ -112,8 +112,9 @@ Command: `{command_line()}` ({minutes:.0f} min)
 Machine: {machine()}; {args.threads} thread(s) for each side, PyOD first, then zspace.
 Protocol: stratified 60/40 split per seed ({', '.join(map(str, seeds))}); fit on the training part with its outliers,
 labels unused; AUROC on the test part, mean ± std over seeds; rank per set by mean AUROC, then averaged.
-Every detector at its defaults. zspace: VAE with quantile-normalised features, 20 epochs, latent
-min(8, d/2), 64 importance samples (score: NLL, or the latent Mahalanobis distance); AE with
+Every detector at its defaults. zspace: VAE with Yeo-Johnson-scaled features, 20 epochs, latent
+min(8, d/2), 64 importance samples (score: NLL of the features as given, the scaling's log-Jacobian
+included; or the latent Mahalanobis distance); AE with
 standardised features, 20 epochs, reconstruction error. PyOD: AutoEncoder (10 epochs, d-64-32-64-d,
 batch norm, dropout 0.2), VAE (30 epochs, latent 2, KL clamped to 0 by its capacity default: see
 docs/outliers.md), IForest (100 trees), ECOD, KNN (k = 5, raw features).

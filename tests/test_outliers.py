@@ -232,6 +232,7 @@ def test_saved_detector_scores_exactly_as_fitted(tmp_path):
 
     x, _ = blobs()
     for det in (VAEOutlierDetector(epochs=3, num_samples=8, random_state=0),
+                VAEOutlierDetector("elbo", epochs=3, num_samples=8, scaling="quantile", random_state=0),
                 VAEOutlierDetector("typicality", epochs=3, num_samples=8, scaling="minmax", random_state=0),
                 AutoencoderOutlierDetector("mahalanobis", epochs=3, random_state=0)):
         det.fit(x)
@@ -239,6 +240,36 @@ def test_saved_detector_scores_exactly_as_fitted(tmp_path):
         assert type(back) is type(det) and back.get_params() == det.get_params()
         assert np.array_equal(back.decision_function(x), det.decision_function(x))
         assert back.threshold_ == det.threshold_
+
+
+@pytest.mark.parametrize("kind", ["power", "standard", "quantile"])
+def test_scalings_log_jacobian_is_the_log_derivative_of_the_map(kind):
+    from zspace.detect import _Scaling
+
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.lognormal(size=400), 3 * rng.normal(size=400) - 1, rng.exponential(size=400) - 0.5]
+    s = _Scaling.fit(kind, x)
+    probe = np.c_[rng.uniform(0.5, 3, 50), rng.uniform(-4, 2, 50), rng.uniform(-0.4, 2, 50)]
+    h = 1e-6
+    numeric = np.log((s._map(probe + h) - s._map(probe - h)) / (2 * h)).sum(1)
+    got = s.log_jacobian(probe)
+    assert np.isfinite(got).all()
+    if kind == "quantile":          # piecewise linear: differenced over a wider step, so near knots it averages
+        assert np.median(np.abs(got - numeric)) < 0.1
+    else:
+        assert np.allclose(got, numeric, atol=1e-5)
+    if kind == "power":                                 # Yeo-Johnson + standardising, as scikit-learn's
+        from sklearn.preprocessing import PowerTransformer
+        assert np.allclose(s.transform(x), PowerTransformer().fit(x).transform(x), atol=1e-4)
+
+
+def test_likelihood_scores_are_of_the_features_as_given():
+    # the same rows in other units: -log p(x) shifts by the constant log of the unit change
+    x, _ = blobs(n_out=0)
+    a = VAEOutlierDetector(epochs=2, num_samples=8, scaling="standard", random_state=0).fit(x)
+    b = VAEOutlierDetector(epochs=2, num_samples=8, scaling="standard", random_state=0).fit(10 * x)
+    shift = b.decision_scores_ - a.decision_scores_     # rows' bytes differ, so do their Monte-Carlo draws
+    assert abs(shift.mean() - x.shape[1] * np.log(10)) < 0.05 and shift.std() < 0.5
 
 
 def test_fpr_at_tpr_matches_the_roc_curve():

@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--batch-size", type=int, default=128)
     df.add_argument("--lr", type=float, default=1e-3)
     df.add_argument("--num-samples", type=int, default=64, help="importance samples of the nll score")
-    df.add_argument("--scaling", default=None, choices=("standard", "quantile", "minmax", "none"),
-                    help="default: quantile for vae, standard for ae")
+    df.add_argument("--scaling", default=None, choices=("standard", "power", "quantile", "minmax", "none"),
+                    help="default: power (Yeo-Johnson) for vae, standard for ae")
     df.add_argument("--seed", type=int, default=0)
     df.add_argument("--out", type=Path, required=True, help="detector folder to write")
     ds = dkinds.add_parser("score", help="score rows with a fitted detector; CSV out (higher = more abnormal)")
@@ -610,7 +610,7 @@ def cmd_detect(a) -> None:
         score = a.score or ("nll" if a.model == "vae" else "reconstruction")
         det = GenerativeOutlierDetector(a.model, score, latent_dim=a.latent_dim, hidden=a.hidden, epochs=a.epochs,
                                         batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples,
-                                        scaling=a.scaling or ("quantile" if a.model == "vae" else "standard"),
+                                        scaling=a.scaling or ("power" if a.model == "vae" else "standard"),
                                         contamination=a.contamination, random_state=a.seed)
         det.fit(x)
         save_detector(det, a.out)

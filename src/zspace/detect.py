@@ -6,9 +6,11 @@
     det.predict(X)             # 1 = outlier, 0 = inlier (PyOD's convention)
     det.threshold_, det.decision_scores_ (the training data's scores)
 
-Features are scaled on the training data: "quantile" (the VAE's default) maps each
-feature's marginal to a standard normal, "standard" (the autoencoder's) standardises,
-"minmax" suits data in a known range such as pixels, "none" leaves them. Few epochs by
+Features are scaled on the training data: "power" (the VAE's default) is Yeo-Johnson
+then standardisation, "quantile" maps each feature's marginal to a standard normal,
+"standard" (the autoencoder's) standardises, "minmax" suits data in a known range such
+as pixels, "none" leaves them. Likelihood scores add the scaling's log-Jacobian, so they
+are -log p(x) of the features as given, whatever the scaling. Few epochs by
 default (20): the training rows of an unsupervised detector contain the outliers too, and
 a model trained longer learns them (measured on the ODDS sets, benchmarks/RESULTS.md). ``GenerativeOutlierDetector`` wraps any
 zspace model family ('ae', 'vae') with any ``score_type`` below; the two named detectors are its
@@ -21,7 +23,8 @@ training NLL|), "mahalanobis" (of the code under a Gaussian fitted to the traini
 Unlike PyOD's VAE, whose defaults (``beta=1``, ``capacity=0``) clamp its KL term to
 zero so it trains as an autoencoder with a noisy code (docs/outliers.md), ours is the VAE
 of the likelihood literature: full closed-form KL and a Gaussian decoder with fixed unit
-variance on scaled features, so the "nll" score estimates -log p(x) in nats.
+variance on scaled features, so the "nll" score estimates -log p(x) in nats (of the
+features as given: the scaling's log-Jacobian is part of it).
 
 Monte-Carlo scores are made deterministic per row: each row's posterior samples come
 from a generator seeded by the detector's seed and the row's bytes, so a row scores
@@ -50,7 +53,7 @@ from .training.config import TrainConfig
 from .training.trainer import Trainer
 
 SCORES = ("reconstruction", "elbo", "nll", "typicality", "mahalanobis")
-SCALINGS = ("standard", "quantile", "minmax", "none")
+SCALINGS = ("standard", "power", "quantile", "minmax", "none")
 _NEEDS_POSTERIOR = ("elbo", "nll", "typicality")
 
 
@@ -58,7 +61,7 @@ class GenerativeOutlierDetector(BaseEstimator):
     """Any zspace model ('ae' or 'vae') trained on the inliers-to-be, scored by ``score_type``."""
 
     def __init__(self, model="vae", score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
-                 epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="quantile",
+                 epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
                  contamination=0.1, random_state=None):
         self.model = model
         self.score_type = score_type
@@ -162,14 +165,16 @@ class GenerativeOutlierDetector(BaseEstimator):
                 out.append(((self.model_.reconstruct(x) - x) ** 2).mean(1).double().numpy())
                 continue
             q = self.model_.encode(x)
+            # -log p(x) of the features as given: the scaled features' NLL minus log|dT/dx|
+            jacobian = self.scaler_.log_jacobian(b)
             if score == "elbo":      # one posterior sample, closed-form KL
                 z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0]
-                out.append((q.kl_standard_normal() - self.model_.decode(z).log_prob(x)).double().numpy())
+                out.append((q.kl_standard_normal() - self.model_.decode(z).log_prob(x)).double().numpy() - jacobian)
                 continue
             k = self.num_samples
             z = q.mean + q.std * _row_noise(b, k, q.mean.shape[1], self.seed_)       # (k, B, D)
             log_w = (self.model_.decode(z).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z)).double()
-            out.append((math.log(k) - torch.logsumexp(log_w, 0)).numpy())
+            out.append((math.log(k) - torch.logsumexp(log_w, 0)).numpy() - jacobian)
         return np.concatenate(out)
 
 
@@ -190,7 +195,7 @@ class VAEOutlierDetector(GenerativeOutlierDetector):
     model = "vae"
 
     def __init__(self, score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
-                 epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="quantile",
+                 epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
                  contamination=0.1, random_state=None):
         _store(self, locals())
 
@@ -300,11 +305,19 @@ class _Scaling:
 
     standard  (x - mean) / std
     minmax    (x - min) / range, clipped to [0, 1] (the Bernoulli decoder's range)
+    power     Yeo-Johnson (each feature's λ by maximum likelihood, scikit-learn's
+              PowerTransformer), then standardised: skewed, heavy-tailed features come out
+              near-Gaussian while an extreme value stays extreme, and the map is smooth,
+              so its log-Jacobian is exact
     quantile  each feature through its empirical CDF on the training data, then Φ⁻¹, so the
               marginals are standard normal and the model learns the dependencies; beyond the
               training range the map continues linearly (in training standard deviations),
               so an extreme value stays extreme
     none      as given
+
+    ``log_jacobian(X)`` is Σ_j log dT_j/dx_j per row: a density of the scaled features
+    becomes one of the features as given by adding it (change of variables), so the
+    likelihood scores rank rows by -log p(x), not by -log p(T(x)).
     """
 
     def __init__(self, kind: str, arrays: dict[str, np.ndarray]):
@@ -320,22 +333,54 @@ class _Scaling:
         if kind == "minmax":
             lo, hi = X.min(0), X.max(0)
             return cls(kind, {"offset": lo, "scale": np.where(hi > lo, hi - lo, 1.0)})
+        if kind == "power":
+            import warnings
+
+            from sklearn.preprocessing import PowerTransformer
+
+            with warnings.catch_warnings():          # near-constant features: λ is irrelevant there
+                warnings.simplefilter("ignore", RuntimeWarning)
+                lambdas = PowerTransformer(method="yeo-johnson", standardize=False).fit(X).lambdas_
+            psi = _yeo_johnson(X, lambdas)
+            spread = psi.std(0)
+            return cls(kind, {"lambdas": lambdas, "offset": psi.mean(0),
+                              "scale": np.where(spread > 0, spread, 1.0)})
         if kind == "quantile":
             levels = np.linspace(0, 1, min(1000, len(X)))
             return cls(kind, {"quantiles": np.quantile(X, levels, axis=0), "scale": std})
         return cls(kind, {})
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        x = np.asarray(X, dtype=np.float64)
+        return self._map(np.asarray(X, dtype=np.float64)).astype(np.float32)
+
+    def _map(self, x: np.ndarray) -> np.ndarray:
         a = self.arrays
         if self.kind in ("standard", "minmax"):
             x = (x - a["offset"]) / a["scale"]
             if self.kind == "minmax":
                 x = np.clip(x, 0.0, 1.0)
+        elif self.kind == "power":
+            x = np.clip((_yeo_johnson(x, a["lambdas"]) - a["offset"]) / a["scale"], -_FAR, _FAR)
         elif self.kind == "quantile":
             x = np.column_stack([self._gaussianize(x[:, j], a["quantiles"][:, j], a["scale"][j])
                                  for j in range(x.shape[1])])
-        return x.astype(np.float32)
+        return x
+
+    def log_jacobian(self, X: np.ndarray) -> np.ndarray:
+        """Σ_j log dT_j/dx_j for each row of raw features X, (n,) float64."""
+        x = np.asarray(X, dtype=np.float64)
+        a = self.arrays
+        if self.kind == "none":
+            return np.zeros(len(x))
+        if self.kind in ("standard", "minmax"):      # constant: no effect on rankings
+            return np.full(len(x), -np.log(a["scale"]).sum())
+        if self.kind == "power":                     # d/dx YJ = (1 + |x|)^(sign(x) (λ - 1))
+            return ((a["lambdas"] - 1) * np.sign(x) * np.log1p(np.abs(x)) - np.log(a["scale"])).sum(1)
+        # quantile: piecewise linear in the bulk, linear beyond it: a central difference over
+        # +-0.001 training standard deviations
+        h = 1e-3 * np.maximum(a["scale"], 1e-12)
+        slope = (self._map(x + h) - self._map(x - h)) / (2 * h)
+        return np.log(np.maximum(slope, 1e-12)).sum(1)
 
     @staticmethod
     def _gaussianize(x: np.ndarray, q: np.ndarray, spread: float) -> np.ndarray:
@@ -347,3 +392,19 @@ class _Scaling:
         eps = 0.5 / len(q)
         z = ndtri(np.clip(u, eps, 1 - eps))
         return z + (np.maximum(x - q[-1], 0) + np.minimum(x - q[0], 0)) / spread
+
+
+_FAR = 1e4      # scaled features are clipped to +-_FAR training spreads (float32-safe)
+
+
+def _yeo_johnson(x: np.ndarray, lambdas: np.ndarray) -> np.ndarray:
+    """Yeo & Johnson (2000)'s power transform of each column with its λ."""
+    lam = np.asarray(lambdas, dtype=np.float64)
+    pos, neg = np.log1p(np.maximum(x, 0.0)), np.log1p(np.maximum(-x, 0.0))
+
+    def box(t, power):                       # ((1 + x)^power - 1) / power, log(1 + x) at power 0
+        small = np.abs(power) < 1e-8
+        safe = np.where(small, 1.0, power)
+        return np.where(small, t, np.expm1(np.minimum(safe * t, 700.0)) / safe)
+
+    return np.where(x >= 0, box(pos, lam), -box(neg, 2.0 - lam))
