@@ -38,11 +38,13 @@ class Corruption:
         return f"{type(self).__name__}({self.level:g})"
 
 
-def _check_fraction(name: str, value: float, upper_open: bool = False) -> None:
-    ok = 0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0
-    if not (math.isfinite(value) and ok):
+def check_fraction(name: str, value, upper_open: bool = False) -> None:
+    """A rate or fraction in [0, 1] ([0, 1) with ``upper_open``), as corruptions and model
+    configs take them."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not (number and (0.0 <= value < 1.0 if upper_open else 0.0 <= value <= 1.0)):
         bound = "[0, 1)" if upper_open else "[0, 1]"
-        raise ConfigError(f"{name} must lie in {bound}, got {value}")
+        raise ConfigError(f"{name} must lie in {bound}, got {value!r}")
 
 
 def _uniform(x: torch.Tensor, generator) -> torch.Tensor:
@@ -76,7 +78,7 @@ class Masking(Corruption):
     name = "masking"
 
     def __init__(self, fraction: float):
-        _check_fraction("masking fraction", fraction)
+        check_fraction("masking fraction", fraction)
         super().__init__(fraction)
 
     def __call__(self, x, generator=None):
@@ -87,7 +89,7 @@ class SaltAndPepper(Corruption):
     name = "salt-and-pepper"
 
     def __init__(self, fraction: float):
-        _check_fraction("salt-and-pepper fraction", fraction)
+        check_fraction("salt-and-pepper fraction", fraction)
         super().__init__(fraction)
 
     def __call__(self, x, generator=None):
@@ -100,7 +102,7 @@ class InputDropout(Corruption):
     name = "dropout"
 
     def __init__(self, rate: float):
-        _check_fraction("input dropout rate", rate, upper_open=True)
+        check_fraction("input dropout rate", rate, upper_open=True)
         super().__init__(rate)
 
     def __call__(self, x, generator=None):
@@ -112,7 +114,7 @@ class Mutation(Corruption):
     name = "mutation"
 
     def __init__(self, rate: float, levels: int = 256, top: float = 1.0):
-        _check_fraction("mutation rate", rate)
+        check_fraction("mutation rate", rate)
         if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
             raise ConfigError(f"mutation needs at least 2 levels, got {levels!r}")
         super().__init__(rate)

@@ -27,35 +27,27 @@ import math
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from ..data.loader import Batch
 from ..errors import ConfigError, DataError
-from .likelihood import importance_sampled_log_likelihood
+from .likelihood import collect, importance_sampled_log_likelihood
 
 NORMS = ("l1", "l2", "linf")
 LN2 = math.log(2.0)
 
 
-def _batches_to(model, batches: Iterable[Batch]):
-    device = next(model.parameters()).device
-    model.eval()
-    for b in batches:
-        b = b.to(device)
-        yield b.x, b.y
+def _per_example(model, batches: Iterable[Batch], fn) -> np.ndarray:
+    """``fn(x, y)`` -> (B,) scores for every batch, moved to the model's device, stacked."""
+    return collect(model, batches, lambda m, x, y: fn(x, y), device=next(model.parameters()).device)
 
 
-@torch.no_grad()
 def reconstruction_scores(model, batches: Iterable[Batch], norm: str = "l2") -> np.ndarray:
     """Per-example reconstruction error: mean |e| (l1), mean e^2 (l2) or max |e| (linf)."""
     _needs(model, "reconstruct", "reconstruction")
     if norm not in NORMS:
         raise ConfigError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
-    out = []
-    for x, y in _batches_to(model, batches):
-        e = (model.reconstruct(x, y) - x).flatten(1).double()
-        out.append({"l1": e.abs().mean(1), "l2": (e ** 2).mean(1), "linf": e.abs().amax(1)}[norm].cpu())
-    return torch.cat(out).numpy()
+    reduce = {"l1": lambda e: e.abs().mean(1), "l2": lambda e: (e ** 2).mean(1), "linf": lambda e: e.abs().amax(1)}
+    return _per_example(model, batches, lambda x, y: reduce[norm]((model.reconstruct(x, y) - x).flatten(1).double()))
 
 
 def _needs(model, method: str, score: str) -> None:
@@ -65,31 +57,24 @@ def _needs(model, method: str, score: str) -> None:
                           f"{type(model).__name__} has none")
 
 
-@torch.no_grad()
 def negative_elbo(model, batches: Iterable[Batch]) -> np.ndarray:
     _needs(model, "elbo_terms", "negative-ELBO")
-    out = []
-    for x, y in _batches_to(model, batches):
+
+    def score(x, y):
         rec, kl = model.elbo_terms(x, y)
-        out.append((kl - rec).double().cpu())
-    return torch.cat(out).numpy()
+        return (kl - rec).double()
+    return _per_example(model, batches, score)
 
 
-@torch.no_grad()
 def importance_sampled_nll(model, batches: Iterable[Batch], num_samples: int = 100) -> np.ndarray:
     _needs(model, "log_importance_weights", "importance-sampled NLL")
-    out = []
-    for x, y in _batches_to(model, batches):
-        out.append(-importance_sampled_log_likelihood(model, x, num_samples, y=y).cpu())
-    return torch.cat(out).numpy()
+    return _per_example(model, batches, lambda x, y: -importance_sampled_log_likelihood(model, x, num_samples, y=y))
 
 
-@torch.no_grad()
 def exact_nll(model, batches: Iterable[Batch]) -> np.ndarray:
     """-log p(x) in nats per example, exact, from an autoregressive model's ``log_prob``."""
     _needs(model, "log_prob", "exact NLL")
-    out = [-model.log_prob(x, y).double().cpu() for x, y in _batches_to(model, batches)]
-    return torch.cat(out).numpy()
+    return _per_example(model, batches, lambda x, y: -model.log_prob(x, y).double())
 
 
 def likelihood_ratio(nll_model, nll_background) -> np.ndarray:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..data.corruptions import Mutation
 from ..errors import ConfigError, DataError
 
 
@@ -53,11 +54,6 @@ class ModelConfig:
 def check_positive_int(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_fraction(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{name} must lie in [0, 1], got {value!r}")
 
 
 def check_positive(name: str, value) -> None:
@@ -100,8 +96,6 @@ class Model(nn.Module):
         rate = getattr(self.config, "input_mutation", 0.0)
         if not (self.training and rate > 0):
             return x
-        from ..data.corruptions import Mutation
-
         return Mutation(rate, *self.mutation_levels)(x)
 
     def check_data(self, data) -> None:

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.corruptions import check_fraction
 from ..distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from ..errors import ConfigError, DataError
-from .base import (Losses, Model, ModelConfig, check_fraction, check_labelled_data, check_positive_int, checked_labels,
-                   register)
+from .base import Losses, Model, ModelConfig, check_labelled_data, check_positive_int, checked_labels, register
 
 HEADS = ("bernoulli", "categorical", "logistic-mixture")
 

@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.corruptions import check_fraction
 from ..distributions import DecoderLikelihood, DiagonalGaussian, LIKELIHOODS, standard_normal_log_prob
 from ..errors import ConfigError
-from .base import (Losses, Model, ModelConfig, check_fraction, check_labelled_data, check_positive,
-                   check_positive_int, checked_labels, register)
+from .base import (Losses, Model, ModelConfig, check_labelled_data, check_positive, check_positive_int,
+                   checked_labels, register)
 from .networks import build_decoder, build_encoder, check_architecture
 
 
