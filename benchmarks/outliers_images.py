@@ -30,6 +30,7 @@ import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.data import ArrayData, BatchLoader, Preprocessing
 from zspace.evaluation import outliers as O
+from zspace.evaluation.likelihood import collect
 from zspace.rng import seeded
 
 OTHER = {"fashion-mnist": "mnist", "mnist": "fashion-mnist"}
@@ -155,8 +156,7 @@ def vae_scores(model, background, x_uint8: np.ndarray, args) -> dict[str, np.nda
             "nll": O.importance_sampled_nll(model, loader.epoch(0), k),
             "nll_bg": O.importance_sampled_nll(background, loader.epoch(0), k),
         }
-    with torch.no_grad():
-        res["codes"] = np.concatenate([model.embed(b.x).numpy() for b in loader.epoch(0)])
+    res["codes"] = collect(model, loader.epoch(0), lambda m, x, y: m.embed(x))
     res["png_bits"] = O.png_bits(x_uint8)
     return res
 

@@ -23,7 +23,8 @@ import torch
 
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
-from zspace.evaluation import evaluate_exact_likelihood
+from zspace.evaluation import evaluate_exact_likelihood, reconstruction_error
+from zspace.evaluation.likelihood import collect
 from zspace.prior import train_prior
 from zspace.report.figures import save_reconstructions, save_samples
 from zspace.rng import seeded
@@ -51,18 +52,12 @@ def main() -> None:
                       overwrite=True, num_codes=args.num_codes)
     vq_minutes = (time.perf_counter() - t0) / 60
 
-    model = vq.model.eval()
-    sse, n, codes = 0.0, 0, []
-    with torch.no_grad():
-        for b in vq.loader("test", 500).epoch(0):
-            c = model.encode_codes(b.x)
-            sse += float(((model.decode_codes(c) - b.x) ** 2).double().sum())
-            n += b.x.numel()
-            codes.append(c.flatten())
-    mse = sse / n
-    counts = torch.bincount(torch.cat(codes), minlength=args.num_codes).double()
-    p = counts / counts.sum()
-    perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+    model = vq.model
+    mse = reconstruction_error(model, vq.loader("test", 500).epoch(0))
+    codes = collect(model, vq.loader("test", 500).epoch(0), lambda m, x, y: m.encode_codes(x).flatten(1))
+    counts = np.bincount(codes.ravel(), minlength=args.num_codes)
+    p = counts[counts > 0] / counts.sum()
+    perplexity = float(np.exp(-(p * np.log(p)).sum()))
     used = int((counts > 0).sum())
 
     t1 = time.perf_counter()
@@ -75,8 +70,8 @@ def main() -> None:
     grid = prior.model.config.input_shape[1] * prior.model.config.input_shape[2]
     bits_per_code = rep.nll / grid / math.log(2)
 
-    train_codes = np.load(out / "prior" / "codes.npz")["x_train"].ravel()
-    test_codes = np.load(out / "prior" / "codes.npz")["x_test"].ravel()
+    with np.load(out / "prior" / "codes.npz") as grids:
+        train_codes, test_codes = grids["x_train"].ravel(), grids["x_test"].ravel()
     freq = (np.bincount(train_codes, minlength=args.num_codes) + 1.0)     # add-one: no zero probabilities
     freq /= freq.sum()
     unigram_bits = float(-np.log2(freq[test_codes]).mean())
