@@ -103,7 +103,7 @@ def main() -> None:
     md = f"""### MNIST likelihood: {name} (784-200-200-50, dynamically binarized)
 
 Command: `{command_line()}`
-Machine: {machine()}; {args.threads} thread(s); other work shared the 2 cores.
+Machine: {machine()}; {args.threads} thread(s).
 
 | | value |
 |---|---|
