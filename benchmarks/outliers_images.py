@@ -133,7 +133,7 @@ Typicality batch test (Nalisnick et al. 2019b; batches of 10, α = 0.01, bootstr
 
 Command: `{command_line()}` ({minutes:.0f} min, of which training {train_minutes:.0f} min)
 Machine: {machine()}; {args.threads} threads.
-Model: {trained}. Background model (likelihood ratio){f' `{args.background}`' if args.background else ''}: the same architecture, trained {bg_epochs} epochs with
+Model: {trained}. Background model (likelihood ratio){f' `{args.background}`' if args.background else ''}: the same architecture, trained {bg_epochs} epoch(s) with
 {mutation:.0%} of pixels replaced by uniform random levels each step{f', weight decay {bg_decay:g}' if bg_decay else ''}.
 {family['nll_note'](args)} Complexity: PNG (zlib level 9) code length in bits (Serrà et al. 2020).
 Typicality: |NLL − mean training NLL| ({len(reference)} training images).{family['extra_note']}
