@@ -24,8 +24,7 @@ import torch
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.evaluation import evaluate_exact_likelihood, reconstruction_error
-from zspace.evaluation.likelihood import collect
-from zspace.prior import train_prior
+from zspace.prior import CODES_FILE, train_prior
 from zspace.report.figures import save_reconstructions, save_samples
 from zspace.rng import seeded
 
@@ -54,11 +53,6 @@ def main() -> None:
 
     model = vq.model
     mse = reconstruction_error(model, vq.loader("test", 500).epoch(0))
-    codes = collect(model, vq.loader("test", 500).epoch(0), lambda m, x, y: m.encode_codes(x).flatten(1))
-    counts = np.bincount(codes.ravel(), minlength=args.num_codes)
-    p = counts[counts > 0] / counts.sum()
-    perplexity = float(np.exp(-(p * np.log(p)).sum()))
-    used = int((counts > 0).sum())
 
     t1 = time.perf_counter()
     pcfg = zspace.TrainConfig(epochs=args.prior_epochs, batch_size=128, lr=1e-3, lr_schedule="cosine", seed=0,
@@ -70,8 +64,13 @@ def main() -> None:
     grid = prior.model.config.input_shape[1] * prior.model.config.input_shape[2]
     bits_per_code = rep.nll / grid / math.log(2)
 
-    with np.load(out / "prior" / "codes.npz") as grids:
+    # train_prior encoded both splits with the VQ-VAE: the test grids give its codebook usage too
+    with np.load(out / "prior" / CODES_FILE) as grids:
         train_codes, test_codes = grids["x_train"].ravel(), grids["x_test"].ravel()
+    counts = np.bincount(test_codes, minlength=args.num_codes)
+    p = counts[counts > 0] / counts.sum()
+    perplexity = float(np.exp(-(p * np.log(p)).sum()))
+    used = int((counts > 0).sum())
     freq = (np.bincount(train_codes, minlength=args.num_codes) + 1.0)     # add-one: no zero probabilities
     freq /= freq.sum()
     unigram_bits = float(-np.log2(freq[test_codes]).mean())
