@@ -11,7 +11,8 @@ pixelcnn_likelihood.py (PixelCNN) and vqvae_prior.py (VQ-VAE + prior); the β-VA
     zspace train vae --data fashion-mnist --preprocess scale --latent-dim 16 --hidden 512,256 \
         --activation elu --beta 4 --epochs 20 --batch-size 128 --lr 1e-3 --lr-schedule cosine \
         --eval-limit 2000 --seed 0 --out runs/bench-latent-fashion-mnist/beta-vae
-(the same as latent_space.py's VAE but for β; for MNIST latent_space.py used --preprocess dynamic-binarize).
+(the same as latent_space.py's VAE but for β). For MNIST, latent_space.py's VAEs saw dynamically binarized
+digits, so the β-VAE does too: --data mnist --preprocess dynamic-binarize, out runs/bench-latent-mnist/beta-vae.
 """
 from __future__ import annotations
 
