@@ -5,7 +5,7 @@
                        config=zspace.TrainConfig(epochs=50))
     report = zspace.evaluate_likelihood(run.model, run.loader("test"), num_samples=1000)
 """
-__version__ = "0.1.0"
+from .core.version import __version__  # noqa: E402,F401
 
 from .data import ArrayData, BatchLoader, DataSplits, Preprocessing, load_dataset  # noqa: E402
 from .distributions import Bernoulli, DiagonalGaussian, Gaussian  # noqa: E402

@@ -338,7 +338,7 @@ def cmd_eval(a) -> None:
     from .evaluation.likelihood import likelihood_meaning
     from .rng import seeded
     from .training import load_run
-    from .training.checkpoint import write_json_atomic
+    from .core.io import write_json_atomic
 
     if a.limit is not None and a.limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {a.limit}")
@@ -526,7 +526,7 @@ def cmd_compare(a) -> None:
 
 def cmd_scorecard(a) -> None:
     from .scorecard import scorecard
-    from .training.checkpoint import write_text_atomic
+    from .core.io import write_text_atomic
 
     if a.n < 2:
         raise ConfigError(f"-n must be >= 2, got {a.n}")
@@ -625,7 +625,7 @@ def cmd_detect(a) -> None:
         raise ConfigError(f"the detector was fitted on {det.n_features_in_} features, these rows have {x.shape[1]}")
     scores = det.decision_function(x)
     flags = (scores > det.threshold_).astype(int)
-    from .training.checkpoint import write_text_atomic
+    from .core.io import write_text_atomic
 
     header = "row,score,outlier" + (",label" if y is not None else "")
     lines = [f"{i},{s:.9g},{f}" + (f",{int(y[i])}" if y is not None else "")

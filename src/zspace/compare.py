@@ -27,7 +27,7 @@ from .evaluation.image_quality import mean_psnr_db
 from .evaluation.probes import linear_probe_accuracy, pca_reconstruction_mse, principal_angles_to_pca
 from .models.autoencoder import PRESETS
 from .training import TrainConfig, train
-from .training.checkpoint import write_text_atomic
+from .core.io import write_text_atomic
 
 VARIANTS = ("pca", *PRESETS)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from .evaluation import evaluate_likelihood, reconstruction_error
 from .evaluation.likelihood import likelihood_meaning
 from .training import TrainConfig, train
-from .training.checkpoint import write_json_atomic, write_text_atomic
+from .core.io import write_json_atomic, write_text_atomic
 from .rng import seeded
 
 

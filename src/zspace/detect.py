@@ -33,7 +33,6 @@ the same whatever batch, order or subset it arrives in (scikit-learn checks this
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +43,8 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
-from .distributions import standard_normal_log_prob
 from .errors import ConfigError
+from .evaluation.likelihood import importance_sampled_log_likelihood
 from .evaluation.outliers import LatentGaussian
 from .models.base import build_model
 from .rng import seeded
@@ -172,9 +171,9 @@ class GenerativeOutlierDetector(BaseEstimator):
                 out.append((q.kl_standard_normal() - self.model_.decode(z).log_prob(x)).double().numpy() - jacobian)
                 continue
             k = self.num_samples
-            z = q.mean + q.std * _row_noise(b, k, q.mean.shape[1], self.seed_)       # (k, B, D)
-            log_w = (self.model_.decode(z).log_prob(x) + standard_normal_log_prob(z) - q.log_prob(z)).double()
-            out.append((math.log(k) - torch.logsumexp(log_w, 0)).numpy() - jacobian)
+            eps = _row_noise(b, k, q.mean.shape[1], self.seed_)                          # (k, B, D)
+            ll = importance_sampled_log_likelihood(self.model_, x, k, eps=eps, posterior=q)
+            out.append(-ll.numpy() - jacobian)
         return np.concatenate(out)
 
 
@@ -231,17 +230,15 @@ _CLASSES = {c.__name__: c for c in (GenerativeOutlierDetector, AutoencoderOutlie
 def save_detector(det: GenerativeOutlierDetector, path) -> Path:
     """Writes a fitted detector to the folder ``path`` (replaced atomically if it exists)."""
     import json
-    import shutil
-    import tempfile
 
     from safetensors.torch import save_file
+
+    from .core.io import write_folder_atomic
 
     check_is_fitted(det)
     path = Path(path)
     if path.exists() and not (path / DETECTOR_FILE).is_file():
         raise ConfigError(f"{path} exists and is not a saved detector; choose another folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     arrays = {"decision_scores": torch.from_numpy(np.asarray(det.decision_scores_, dtype=np.float64))}
     arrays.update({f"scaler_{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in det.scaler_.arrays.items()})
     if getattr(det, "latent_", None) is not None:
@@ -252,19 +249,14 @@ def save_detector(det: GenerativeOutlierDetector, path) -> Path:
             "n_features": int(det.n_features_in_), "seed": det.seed_, "threshold": det.threshold_,
             "typical_nll": getattr(det, "typical_nll_", None),
             "model": {"name": det.model_.name, "config": det.model_.config.to_dict()}}
-    try:
+
+    def fill(tmp: Path) -> None:
         save_file({k: v.detach().contiguous() for k, v in det.model_.state_dict().items()},
                   str(tmp / "model.safetensors"))
         save_file(arrays, str(tmp / "fitted.safetensors"))
         (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomic(path, fill)
     return path
 
 

@@ -81,22 +81,29 @@ def mean_loss_terms(model, batches: Iterable[Batch], device="cpu") -> dict[str, 
 
 @torch.no_grad()
 def importance_sampled_log_likelihood(model, x: torch.Tensor, num_samples: int,
-                                      max_elements: int = 1 << 24, y=None) -> torch.Tensor:
+                                      max_elements: int = 1 << 24, y=None, eps: torch.Tensor | None = None,
+                                      posterior=None) -> torch.Tensor:
     """log p(x) estimate per example, (B,), with ``num_samples`` importance samples
     (log p(x|y) for a conditional model, given the labels ``y``).
 
     Samples go through the decoder in chunks of at most ``max_elements`` output values.
+    ``eps`` (num_samples, B, latent_dim): the standard-normal draws behind the samples
+    z = mean + std * eps, where the caller fixes them (default: the global RNG);
+    ``posterior``: q(z|x) if already computed.
     """
     if num_samples < 1:
         raise ConfigError(f"number of importance samples must be >= 1, got {num_samples}")
-    q = model.encode(x, y)
+    q = posterior if posterior is not None else model.encode(x, y)
+    if eps is not None and tuple(eps.shape) != (num_samples, *q.mean.shape):
+        raise ConfigError(f"eps must have shape {(num_samples, *q.mean.shape)}, got {tuple(eps.shape)}")
     per_sample = x.shape[0] * model.num_dims * model.likelihood.params_per_dim
     chunk = max(1, min(num_samples, max_elements // max(per_sample, 1)))
     total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        log_w = model.log_importance_weights(x, q, k, y).double()   # (k, B)
+        part = None if eps is None else eps[done:done + k]
+        log_w = model.log_importance_weights(x, q, k, y, eps=part).double()   # (k, B)
         total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
         done += k
     return total - math.log(num_samples)

@@ -6,7 +6,6 @@ registering its config and class.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -14,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..core.config import ModelConfig, check_positive, check_positive_int  # noqa: F401  (re-exported)
 from ..data.corruptions import Mutation
 from ..errors import ConfigError, DataError
 
@@ -24,41 +24,6 @@ class Losses:
 
     loss: torch.Tensor
     terms: dict[str, torch.Tensor]
-
-
-class ModelConfig:
-    """Mixin for frozen dataclass configs: JSON round trip with unknown keys rejected."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def resolve(cls, options: dict[str, Any]) -> dict[str, Any]:
-        """Hook for configs with presets: fills defaults before construction."""
-        return options
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]):
-        d = cls.resolve(dict(d))
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(d) - set(fields)
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown option(s) {', '.join(sorted(unknown))}")
-        # JSON turns tuples into lists; configs keep tuples so they stay hashable and frozen.
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-
-def check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_positive(name: str, value) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
 
 
 class Model(nn.Module):

@@ -161,9 +161,11 @@ class VAE(Model):
         rec = self.decode(q.rsample(), y).log_prob(x)
         return rec, q.kl_standard_normal()
 
-    def log_importance_weights(self, x: torch.Tensor, q: DiagonalGaussian, k: int, y=None) -> torch.Tensor:
-        """log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q; shape (k, B)."""
-        z = q.rsample(k)                                   # (k, B, D)
+    def log_importance_weights(self, x: torch.Tensor, q: DiagonalGaussian, k: int, y=None,
+                               eps: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q; shape (k, B). ``eps`` (k, B, D):
+        the standard-normal draws of z_i = mean + std * eps, when the caller fixes them."""
+        z = q.rsample(k) if eps is None else q.mean + q.std * eps.to(q.mean)   # (k, B, D)
         log_px_z = self.decode(z, y).log_prob(x)           # x broadcasts over k
         return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
 

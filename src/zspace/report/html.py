@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, ZspaceError
-from ..training.checkpoint import write_text_atomic
+from ..core.io import write_text_atomic
 from . import latent_figures as lf
 from .figures import save_loss_curves, save_reconstructions, save_samples
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from ..core.version import __version__
 from ..data.dataset import ArrayData, DataSplits
 from ..data.loader import BatchLoader
 from ..data.sources import load_dataset
