@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .dataset import ArrayData, DataSplits
+from .dataset import ArrayData, Dataset, DataSplits
 from .idx import read_idx
+from .images import ImageFolder, is_zip, split_folders
+from .shards import ShardStore, is_store
 
 # Official files and MD5 checksums, as published by the data sets' authors.
 _IDX_SETS = {
@@ -44,12 +46,14 @@ _IDX_SETS = {
         },
     },
 }
-NAMED_DATASETS = ("fashion-mnist", "mnist", "digits", "shapes")
+NAMED_DATASETS = ("fashion-mnist", "mnist", "digits", "shapes", "cifar10", "celeba", "frey-faces",
+                  "olivetti-faces")
 CLASS_NAMES = {
     "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
     "mnist": tuple(str(i) for i in range(10)),
     "digits": tuple(str(i) for i in range(10)),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
 }
 
 
@@ -158,8 +162,8 @@ def load_digits_dataset(test_fraction: float = 0.2, seed: int = 0) -> DataSplits
     return split_holdout(ArrayData.from_arrays(x, d.target, name="digits"), test_fraction, seed)
 
 
-def split_holdout(data: ArrayData, test_fraction: float, seed: int) -> DataSplits:
-    """Random train/test split of a single array set (fixed by ``seed``)."""
+def split_holdout(data: Dataset, test_fraction: float, seed: int) -> DataSplits:
+    """Random train/test split of a single set (fixed by ``seed``): two index views, no copy."""
     if not 0 < test_fraction < 1:
         raise DataError(f"test fraction must be in (0, 1), got {test_fraction}")
     n_test = int(round(len(data) * test_fraction))
@@ -228,32 +232,98 @@ def load_csv(path: Path, label_column: str | int | None = None) -> ArrayData:
     return ArrayData.from_arrays(table.astype(np.float32), y, name=path.stem)
 
 
+def load_images(path: Path, *, image_size: int | None = None, channels: int | None = None,
+                crop: int | None = None, skip_bad: bool = False, test_fraction: float = 0.1,
+                seed: int = 0, name: str | None = None, classes=None) -> DataSplits:
+    """A folder or zip of images: its train/ and test/ folders, or a held-out share of all."""
+    opts = dict(image_size=image_size, channels=channels, crop=crop, skip_bad=skip_bad, classes=classes)
+    splits = split_folders(path)
+    name = name or path.stem
+    if splits is not None:
+        train = ImageFolder(path, splits[0], name=f"{name}/train", **opts)
+        test = ImageFolder(path, splits[1], name=f"{name}/test", **{**opts, "classes": train.classes})
+        return DataSplits(train, test, name)
+    return split_holdout(ImageFolder(path, name=name, **opts), test_fraction, seed)
+
+
+def load_npy(path: Path) -> ArrayData:
+    """A ``.npy`` of any numeric dtype, memory-mapped: rows are read (and checked) per batch."""
+    try:
+        x = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: cannot read .npy ({e})") from None
+    return ArrayData.from_arrays(x, name=path.stem)
+
+
 def load_file(path: str | Path, *, test_fraction: float = 0.1, seed: int = 0,
-              label_column: str | int | None = None) -> DataSplits:
-    """The user's own file: .npy, .npz, .csv or an IDX file (optionally .gz)."""
+              label_column: str | int | None = None, image_size: int | None = None,
+              channels: int | None = None, skip_bad: bool = False) -> DataSplits:
+    """The user's own data: .npy, .npz, .csv, an IDX file (optionally .gz), a shard store,
+    or a folder or zip of images."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_dir() and is_store(path):
+        return split_holdout(ShardStore(path), test_fraction, seed)
+    if path.is_dir() or is_zip(path):
+        return load_images(path, image_size=image_size, channels=channels, skip_bad=skip_bad,
+                           test_fraction=test_fraction, seed=seed)
     suffixes = "".join(path.suffixes).lower()
     if suffixes.endswith(".npz"):
         return load_npz(path, test_fraction=test_fraction, seed=seed)
     if suffixes.endswith(".npy"):
-        try:
-            x = np.load(path, allow_pickle=False, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: cannot read .npy ({e})") from None
-        return split_holdout(ArrayData.from_arrays(x, name=path.stem), test_fraction, seed)
+        return split_holdout(load_npy(path), test_fraction, seed)
     if suffixes.endswith(".csv"):
         return split_holdout(load_csv(path, label_column), test_fraction, seed)
     if "idx" in path.name or "ubyte" in path.name:
         return split_holdout(ArrayData.from_arrays(read_idx(path), name=path.stem),
                              test_fraction, seed)
-    raise DataError(f"{path}: unknown file type; use .npy, .npz, .csv or an IDX file")
+    raise DataError(f"{path}: unknown file type; use .npy, .npz, .csv, an IDX file, a shard store, "
+                    f"or a folder or .zip of images")
 
 
-def load_dataset(source, *, test_fraction: float = 0.1, seed: int = 0,
-                 label_column=None, download_missing: bool = True) -> DataSplits:
-    """A named data set ('fashion-mnist', 'mnist', 'digits', 'shapes'), a file path, or DataSplits."""
+# ---- named image sets -------------------------------------------------------------------------
+# Where each is looked for inside the search folders (module docstring), first match wins.
+_IMAGE_SETS = {
+    "cifar10": ("cifar10-jpg.zip", "cifar10.zip", "cifar10"),
+    "celeba": ("celeba-10k.zip", "celeba.zip", "img_align_celeba.zip", "img_align_celeba", "celeba"),
+    "frey-faces": ("frey-faces.npz",),
+    "olivetti-faces": ("olivetti-faces.npz",),
+}
+CELEBA_CROP = 148   # the usual central square of the 178x218 aligned faces (e.g. Larsen et al. 2016)
+
+
+def find_named(name: str) -> Path:
+    for d in search_dirs(name):
+        for candidate in _IMAGE_SETS[name]:
+            p = d / candidate
+            if p.exists() and p.resolve() != d.resolve():
+                return p
+    where = ", ".join(str(d) for d in search_dirs(name))
+    raise DataError(f"{name} not found in {where} (looked for {', '.join(_IMAGE_SETS[name])}); "
+                    f"set ZSPACE_DATA to a folder holding it, or pass its path to --data")
+
+
+def load_named_images(name: str, *, image_size: int | None = None, channels: int | None = None,
+                      test_fraction: float = 0.1, seed: int = 0, skip_bad: bool = False) -> DataSplits:
+    path = find_named(name)
+    if name == "cifar10":
+        return load_images(path, image_size=image_size, channels=channels, skip_bad=skip_bad,
+                           name="cifar10", classes=CLASS_NAMES["cifar10"])
+    if name == "celeba":     # unlabelled faces: a held-out tenth is the test split
+        return load_images(path, image_size=image_size or 64, channels=channels or 3, crop=CELEBA_CROP,
+                           skip_bad=skip_bad, test_fraction=test_fraction, seed=seed, name="celeba")
+    if image_size is not None or channels not in (None, 1):
+        raise DataError(f"{name} is 1-channel {'28x20' if name == 'frey-faces' else '64x64'} as stored; "
+                        f"--image-size and --channels do not apply")
+    return load_npz(path, name=name, test_fraction=test_fraction, seed=seed)
+
+
+def load_dataset(source, *, test_fraction: float = 0.1, seed: int = 0, label_column=None,
+                 download_missing: bool = True, image_size: int | None = None,
+                 channels: int | None = None, skip_bad: bool = False) -> DataSplits:
+    """A named data set (see NAMED_DATASETS), a path (file, shard store, image folder or zip),
+    or DataSplits. ``image_size``/``channels``/``skip_bad`` apply to images decoded from files."""
     if isinstance(source, DataSplits):
         return source
     source = str(source)
@@ -265,9 +335,13 @@ def load_dataset(source, *, test_fraction: float = 0.1, seed: int = 0,
         from .shapes import Shapes
 
         splits = Shapes().dataset(test_fraction=test_fraction, seed=seed)
-    elif os.sep in source or "." in source:
-        splits = load_file(source, test_fraction=test_fraction, seed=seed, label_column=label_column)
+    elif source in _IMAGE_SETS:
+        splits = load_named_images(source, image_size=image_size, channels=channels,
+                                   test_fraction=test_fraction, seed=seed, skip_bad=skip_bad)
+    elif os.sep in source or "." in source or Path(source).exists():
+        splits = load_file(source, test_fraction=test_fraction, seed=seed, label_column=label_column,
+                           image_size=image_size, channels=channels, skip_bad=skip_bad)
         source = str(Path(source).resolve())
     else:
-        raise DataError(f"unknown data set {source!r}: use {', '.join(NAMED_DATASETS)} or a file path")
+        raise DataError(f"unknown data set {source!r}: use {', '.join(NAMED_DATASETS)} or a path")
     return dataclasses.replace(splits, source=source)

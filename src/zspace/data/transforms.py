@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .dataset import ArrayData
+from .dataset import Dataset
 
 PREPROCESSING = ("scale", "dynamic-binarize", "static-binarize", "uint8", "dequantize", "none")
 _NEEDS_UNIT_RANGE = ("scale", "dynamic-binarize", "static-binarize")
@@ -36,18 +36,21 @@ class Preprocessing:
         self.name = name
         self.static_seed = static_seed
 
-    def check(self, data: ArrayData) -> None:
-        """Raises DataError when ``data`` cannot be preprocessed this way."""
+    def check(self, data: Dataset) -> None:
+        """Raises DataError when ``data`` cannot be preprocessed this way. Data held in memory
+        is checked whole; on-disk data on its first rows here, and every batch as it is read."""
         if self.name in ("uint8", "dequantize") and not data.is_8bit:
             raise DataError(f"{data.name}: preprocessing {self.name!r} needs 8-bit (uint8) data, "
-                            f"got {data.x.dtype}")
+                            f"got {np.dtype(data.dtype).name}")
         if self.name in _NEEDS_UNIT_RANGE and not data.is_8bit:
-            lo, hi = float(np.min(data.x)), float(np.max(data.x))
-            if lo < 0.0 or hi > 1.0:
-                raise DataError(
-                    f"{data.name}: values lie in [{lo:.4g}, {hi:.4g}] but preprocessing "
-                    f"{self.name!r} needs [0, 1]; rescale them, or use 'none' for real-valued features"
-                )
+            self._check_unit_range(*data.value_range(limit=4096 if data.on_disk else None), data.name)
+
+    def _check_unit_range(self, lo: float, hi: float, where: str) -> None:
+        if lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"{where}: values lie in [{lo:.4g}, {hi:.4g}] but preprocessing "
+                f"{self.name!r} needs [0, 1]; rescale them, or use 'none' for real-valued features"
+            )
 
     def static_draw(self, x_unit: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
         """Static binarization: the draw for example i depends only on (static_seed, i)."""
@@ -69,7 +72,13 @@ class Preprocessing:
             lo = t.float() / 256.0
             top = torch.nextafter((t.float() + 1.0) / 256.0, torch.zeros(()))
             return torch.minimum(lo + torch.rand(t.shape, generator=generator) / 256.0, top)
-        unit = t.float() / 255.0 if t.dtype == torch.uint8 else t.float()
+        if t.dtype == torch.uint8:
+            unit = t.float() / 255.0
+        else:
+            unit = t.float()
+            if len(unit):
+                self._check_unit_range(float(unit.min()), float(unit.max()),
+                                       f"examples {int(indices.min())}..{int(indices.max())}")
         if self.name == "dynamic-binarize":
             return (torch.rand(unit.shape, generator=generator) < unit).float()
         if self.name == "static-binarize":
