@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--resume", type=Path, metavar="RUN", help="continue this run from its latest checkpoint")
         m.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
         m.add_argument("--no-progress", action="store_true", help="no progress bar")
+        m.add_argument("--nproc", type=int, metavar="N",
+                       help="train data-parallel on N local processes (relaunched through torchrun)")
         _add_config_flags(m, cls.config_class, skip=("input_shape",), title=f"{name} model options")
         _add_config_flags(m, TrainConfig, title="training options")
 
@@ -254,10 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # `train --nproc N` relaunches it
     try:
         return COMMANDS[args.command](args) or 0
     except ZspaceError as e:
-        sys.stderr.write(f"zspace: error: {e}\n")
+        if not getattr(e, "secondary", False):   # raised alike on every rank: rank 0 says it
+            sys.stderr.write(f"zspace: error: {e}\n")
         return EXIT_USER_ERROR
     except OSError as e:  # unwritable output folder, disk full...
         sys.stderr.write(f"zspace: error: {e.strerror or e}: {e.filename or ''}\n")
@@ -283,6 +287,12 @@ def cmd_train(a) -> None:
         print(f"trained {run.describe()}: epoch {run.history()[-1]['epoch']}")
         print(f"run folder: {run.path}")
         return
+    if a.nproc is not None:
+        from .training.launch import launch_local
+
+        code = launch_local(a.nproc, a.argv, device=a.device or "cpu", threads=a.threads)
+        if code is not None:
+            return code
     cls = _models.MODELS[a.model]
     model_opts = _given(a, cls.config_class, skip=("input_shape",))
     train_opts = _given(a, TrainConfig)
@@ -308,6 +318,10 @@ def cmd_train(a) -> None:
         run = train(a.model, a.data or "fashion-mnist", out=a.out, preprocessing=a.preprocess, config=config,
                     progress=not a.no_progress, overwrite=a.overwrite, test_fraction=a.test_fraction,
                     label_column=a.label_column, **model_opts)
+    from .training.launch import is_main_process
+
+    if not is_main_process():   # under torchrun rank 0 alone reports
+        return
     last = run.history()[-1]
     print(f"trained {run.describe()}: epoch {last['epoch']}, step {last['step']}, "
           f"{last['wall_seconds']:.0f} s")

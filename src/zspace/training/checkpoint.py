@@ -65,14 +65,17 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 # ---- checkpoints -----------------------------------------------------------------------
 def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None, state: dict, keep: int = 1) -> Path:
+                    optimizer: torch.optim.Optimizer | None, state: dict, keep: int = 1,
+                    rng: dict[str, torch.Tensor] | None = None) -> Path:
+    """Writes RUN/checkpoints/NAME atomically; ``rng`` (default: this process's RNG state)
+    holds every rank's RNG state under data-parallel training."""
     ckdir = Path(run_dir) / "checkpoints"
     ckdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckdir, prefix=f".{name}."))
     try:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "zspace"})
-        trainer_tensors = rng_state()
+        trainer_tensors = dict(rng) if rng is not None else rng_state()
         meta: dict = {}
         if optimizer is not None:
             t, meta = optimizer_to_flat(optimizer)

@@ -9,6 +9,8 @@ from ..errors import ConfigError
 from ..models.base import ModelConfig, check_positive, check_positive_int
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,13 @@ class TrainConfig(ModelConfig):
     eval_limit: int | None = None     # examples used by the per-epoch evaluation (None: all)
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     device: str = "cpu"
+    optimizer: str = "adam"           # adam (L2 weight decay), adamw (decoupled), sgd
+    momentum: float = 0.9             # sgd only
+    beta1: float = 0.9                # adam/adamw
+    beta2: float = 0.999
+    eval_every_steps: int | None = None        # also evaluate every N optimiser steps
+    checkpoint_every_steps: int | None = None  # also checkpoint every N optimiser steps
+    precision: str = "fp32"           # bf16: autocast around the training loss; evaluation stays fp32
 
     def __post_init__(self):
         if self.epochs is None and self.steps is None:
@@ -55,6 +64,17 @@ class TrainConfig(ModelConfig):
             check_positive_int("eval_limit", self.eval_limit)
         if self.threads is not None:
             check_positive_int("threads", self.threads)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("momentum", "beta1", "beta2"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+                raise ConfigError(f"{name} must be a number in [0, 1), got {v!r}")
+        for name in ("eval_every_steps", "checkpoint_every_steps"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
 
     def torch_device(self) -> torch.device:
         """The device, checked: a name torch knows and hardware this machine has."""

@@ -27,6 +27,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models.base import Model, ModelConfig, build_model
 from .checkpoint import CONFIG_FILE, latest_checkpoint, load_weights, read_json, write_json_atomic
 from .config import TrainConfig
+from .distributed import init_from_env
 from .trainer import EVAL_SEED, Trainer
 
 
@@ -153,12 +154,13 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
           preprocessing: str | None = None, config: TrainConfig | None = None,
           progress: bool = True, figures: bool = True, overwrite: bool = False,
           on_epoch_end=None, test_fraction: float = 0.1, label_column: str | None = None,
-          **model_options) -> Run:
+          callbacks=(), **model_options) -> Run:
     """Trains a model and returns the opened run.
 
     ``model`` is a registered name ('vae', 'ae') with ``model_options`` for its config,
     or a built Model. ``data`` is a named set, a file path or DataSplits; a file without
     its own test split has ``test_fraction`` held out; ``label_column`` names a CSV's labels.
+    Under torchrun every rank calls this; rank 0 alone writes the run folder.
     """
     config = config or TrainConfig()
     splits = load_dataset(data, test_fraction=test_fraction, label_column=label_column)
@@ -179,14 +181,16 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     spec = DataSpec(source=str(source), preprocessing=pre, test_fraction=test_fraction,
                     label_column=label_column)
     run_dir = Path(out) if out is not None else None
+    dist = init_from_env(config.torch_device())
     if run_dir is not None:
-        _prepare_run_dir(run_dir, overwrite)
-        write_json_atomic(run_dir / CONFIG_FILE, _full_config(built, spec, config))
+        _prepare_run_dir(run_dir, overwrite, write=dist.is_main)
+        if dist.is_main:
+            write_json_atomic(run_dir / CONFIG_FILE, _full_config(built, spec, config))
     trainer = Trainer(built, splits.train, splits.test, spec.preprocess(), config, run_dir,
-                      progress=progress, on_epoch_end=on_epoch_end)
+                      progress=progress, on_epoch_end=on_epoch_end, callbacks=callbacks, dist=dist)
     state = trainer.fit()
     run = Run(run_dir, _full_config(built, spec, config), built, splits, state.history)
-    if figures and run_dir is not None:
+    if figures and run_dir is not None and dist.is_main:
         from ..report.figures import write_run_figures
         write_run_figures(run)
     return run
@@ -195,10 +199,11 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
 RUN_OUTPUTS = ("checkpoints", "metrics.csv", "figures", "tensorboard", "summary.md", CONFIG_FILE)
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def _prepare_run_dir(run_dir: Path, overwrite: bool, write: bool = True) -> None:
     """Refuses to mix two runs in one folder; with ``overwrite`` the old run's outputs go first.
 
-    A folder whose run never reached its first checkpoint holds nothing to keep.
+    A folder whose run never reached its first checkpoint holds nothing to keep. With
+    ``write`` false (ranks other than 0) it only checks.
     """
     has_run = (run_dir / "checkpoints" / "latest").exists()
     if has_run and not overwrite:
@@ -206,6 +211,8 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
                           f"or choose another --out (or --overwrite)")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} exists and is not a folder")
+    if not write:
+        return
     for name in RUN_OUTPUTS:
         path = run_dir / name
         if path.is_dir():
@@ -219,7 +226,7 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None = None,
            data: DataSplits | None = None, progress: bool = True, figures: bool = True,
-           on_epoch_end=None) -> Run:
+           on_epoch_end=None, callbacks=()) -> Run:
     """Continues a run from its latest checkpoint, exactly as if it had never stopped.
 
     ``epochs``/``steps`` extend the run (the learning-rate schedule then follows the new
@@ -232,6 +239,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs if epochs is not None else train_cfg.epochs,
                                         steps=steps)
         cfg["train"] = train_cfg.to_dict()
+    dist = init_from_env(train_cfg.torch_device())
+    if dist.is_main and (epochs is not None or steps is not None):
         write_json_atomic(run_dir / CONFIG_FILE, cfg)
     model = _model_from_config(cfg)
     spec = DataSpec.from_dict(cfg["data"])
@@ -240,11 +249,11 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
             raise CheckpointError(f"{run_dir} was trained on in-memory data; pass data= to resume it")
         data = spec.load()
     trainer = Trainer(model, data.train, data.test, spec.preprocess(), train_cfg, run_dir,
-                      progress=progress, on_epoch_end=on_epoch_end)
+                      progress=progress, on_epoch_end=on_epoch_end, callbacks=callbacks, dist=dist)
     trainer.resume()
     state = trainer.fit()
     run = Run(run_dir, cfg, model, data, state.history)
-    if figures:
+    if figures and dist.is_main:
         from ..report.figures import write_run_figures
         write_run_figures(run)
     return run
