@@ -341,79 +341,41 @@ def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{path}: output must end in {', '.join(allowed)}")
 
 
-def _likelihood_model(model) -> bool:
-    return hasattr(model, "log_importance_weights")
-
-
 def cmd_eval(a) -> None:
-    import torch
-
-    from .evaluation import evaluate_likelihood, reconstruction_error
-    from .evaluation.likelihood import likelihood_meaning
-    from .rng import seeded
+    from .tasks import evaluate_run, write_evaluation
     from .training import load_run
-    from .core.io import write_json_atomic
 
-    if a.limit is not None and a.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {a.limit}")
-    if a.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {a.batch_size}")
     run = load_run(a.run)
-    loader = run.loader(a.split, batch_size=a.batch_size, limit=a.limit)
-    result = {"run": str(a.run), "model": run.describe(), "split": a.split}
-    with seeded(a.seed):
-        if hasattr(run.model, "log_prob"):                  # autoregressive: exact likelihood
-            from .evaluation import evaluate_exact_likelihood
-
-            meaning = likelihood_meaning(run.model.config.likelihood, run.data_spec.preprocessing)
-            if run.config.get("prior_of"):
-                from .evaluation.likelihood import LikelihoodMeaning
-
-                meaning = LikelihoodMeaning("probability", 0.0, f"NLL of the VQ-VAE's code grids over "
-                                            f"{run.model.config.levels} codes; bits per code")
-            rep = evaluate_exact_likelihood(run.model, loader.epoch(0), offset_nats_per_dim=meaning.offset_nats_per_dim)
-            result.update(rep.as_dict(), likelihood_kind=meaning.kind, likelihood_note=meaning.note, exact=True)
-            print(f"{run.describe()}, {a.split} split, {rep.num_examples} examples")
-            print(f"  ({meaning.kind}: {meaning.note})")
+    res = evaluate_run(run, a.split, nll_samples=a.nll_samples, batch_size=a.batch_size, limit=a.limit,
+                       seed=a.seed)
+    rep = res.likelihood
+    if rep is not None:
+        print(f"{run.describe()}, {a.split} split, {rep.num_examples} examples")
+        print(f"  ({res.meaning.kind}: {res.meaning.note})")
+        if res.exact:
             print(f"  NLL (exact)     {rep.nll:10.3f} ± {rep.nll_std_err:.3f} nats")
-            print(f"  bits/dim        {rep.bits_per_dim:10.4f}")
-        elif _likelihood_model(run.model):
-            if a.nll_samples < 1:
-                raise ConfigError(f"--nll-samples must be >= 1, got {a.nll_samples}")
-            meaning = likelihood_meaning(run.model.config.likelihood, run.data_spec.preprocessing)
-            rep = evaluate_likelihood(run.model, loader.epoch(0), a.nll_samples,
-                                      offset_nats_per_dim=meaning.offset_nats_per_dim)
-            result.update(rep.as_dict(), likelihood_kind=meaning.kind, likelihood_note=meaning.note)
-            print(f"{run.describe()}, {a.split} split, {rep.num_examples} examples")
-            print(f"  ({meaning.kind}: {meaning.note})")
+        else:
             print(f"  ELBO            {rep.elbo:10.3f} nats  (reconstruction {rep.rec:.3f}, KL {rep.kl:.3f})")
             print(f"  NLL (IS, k={rep.num_samples:<5d}) {rep.nll:8.3f} ± {rep.nll_std_err:.3f} nats")
-            print(f"  bits/dim        {rep.bits_per_dim:10.4f}")
-    if hasattr(run.model, "reconstruct"):
-        result["reconstruction_mse"] = reconstruction_error(run.model, loader.epoch(0))
-        print(f"  reconstruction MSE per dimension {result['reconstruction_mse']:.5f}")
-    name = "exact" if result.get("exact") else f"k{a.nll_samples}"
-    out = a.json or run.path / f"eval-{a.split}-{name}.json"
-    write_json_atomic(out, result)
-    print(f"results: {out}")
+        print(f"  bits/dim        {rep.bits_per_dim:10.4f}")
+    if res.reconstruction_mse is not None:
+        print(f"  reconstruction MSE per dimension {res.reconstruction_mse:.5f}")
+    res.run = str(a.run)
+    print(f"results: {write_evaluation(res, a.json, run.path)}")
 
 
 def cmd_sample(a) -> None:
     import numpy as np
-    import torch
 
     from .report.figures import as_images, save_image_grid
-    from .report.latent_figures import label_argument
-    from .rng import seeded
+    from .tasks import sample_run
     from .training import load_run
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
     _check_suffix(a.out, (".png", ".pdf", ".svg", ".npy"))
     run = load_run(a.run)
-    label = label_argument(run, a.label)
-    with seeded(a.seed):
-        x = run.sample(a.n, y=label)
+    x = sample_run(run, a.n, label=a.label, seed=a.seed).x
     if a.out.suffix == ".npy":
         np.save(a.out, x.numpy())
     else:
@@ -432,10 +394,7 @@ def cmd_reconstruct(a) -> None:
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
     _check_suffix(a.out, (".png", ".pdf", ".svg"))
-    run = load_run(a.run)
-    if not hasattr(run.model, "reconstruct"):
-        raise ConfigError(f"{run.describe()} does not reconstruct its inputs (no encoder)")
-    path = save_reconstructions(run, a.out, n=a.n, split=a.split)
+    path = save_reconstructions(load_run(a.run), a.out, n=a.n, split=a.split, required=True)
     if path is None:
         raise ConfigError("the run's data are not images; use `zspace encode` instead")
     print(f"reconstructions: {path}")
@@ -445,26 +404,19 @@ def cmd_encode(a) -> None:
     import numpy as np
 
     from .data import load_dataset
-    from .evaluation.likelihood import collect
+    from .tasks import encode_run
     from .training import load_run
 
     _check_suffix(a.out, (".npy",))
     if a.labels_out is not None:
         _check_suffix(a.labels_out, (".npy",))
-    run = load_run(a.run)
-    loader = run.loader(a.split, 500, data=load_dataset(a.data) if a.data else None)
-    if hasattr(run.model, "embed"):
-        z = collect(run.model, loader.epoch(0), lambda m, x, y: m.embed(x, y))
-    elif hasattr(run.model, "encode_codes"):                   # VQ-VAE: the grids of code indices
-        z = collect(run.model, loader.epoch(0), lambda m, x, y: m.encode_codes(x))
-    else:
-        raise ConfigError(f"{run.describe()} has no encoder: nothing to encode")
-    np.save(a.out, z)
-    print(f"codes {z.shape}: {a.out}")
+    codes = encode_run(load_run(a.run), a.split, data=load_dataset(a.data) if a.data else None)
+    np.save(a.out, codes.z)
+    print(f"codes {codes.z.shape}: {a.out}")
     if a.labels_out is not None:
-        if loader.data.y is None:
+        if codes.y is None:
             raise ConfigError("the data have no labels")
-        np.save(a.labels_out, loader.data.y)
+        np.save(a.labels_out, codes.y)
         print(f"labels: {a.labels_out}")
 
 
@@ -477,43 +429,21 @@ def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
 
 def cmd_denoise(a) -> None:
     import numpy as np
-    import torch
 
     from .data import load_dataset
-    from .data.corruptions import make_corruption
-    from .evaluation.image_quality import psnr, ssim
     from .report.figures import as_images, save_labelled_rows
+    from .tasks import denoise_run
     from .training import load_run
 
     _check_suffix(a.out, (".png", ".npy"))
-    if a.limit is not None and a.limit < 1:
-        raise ConfigError(f"--limit must be >= 1, got {a.limit}")
-    corrupt = make_corruption(a.corruption, a.level)
     run = load_run(a.run)
-    if not hasattr(run.model, "reconstruct"):
-        raise ConfigError(f"{run.describe()} does not reconstruct its inputs: it cannot denoise")
-    if run.data_spec.preprocessing not in ("scale", "none"):
-        raise ConfigError(f"denoising compares grey levels; this run was trained on "
-                          f"{run.data_spec.preprocessing!r} inputs")
-    loader = run.loader(a.split, 500, limit=a.limit, data=load_dataset(a.data) if a.data else None)
-    g = torch.Generator().manual_seed(a.seed)
-    clean, noisy, out = [], [], []
-    with torch.no_grad():
-        for b in loader.epoch(0):
-            n = corrupt(b.x, g)
-            clean.append(b.x)
-            noisy.append(n)
-            out.append(run.model.reconstruct(n, b.y).clamp(0, 1))
-    clean, noisy, out = torch.cat(clean), torch.cat(noisy), torch.cat(out)
+    res = denoise_run(run, a.corruption, a.level, split=a.split, limit=a.limit, seed=a.seed,
+                      data=load_dataset(a.data) if a.data else None)
+    clean, noisy, out, corrupt = res.clean, res.noisy, res.denoised, res.corruption
     images = as_images(clean, run.model.config.input_shape) is not None
     print(f"{run.describe()}; {corrupt!r} on {len(clean)} {a.split} examples")
-    if images and clean.dim() == 4:
-        for name, t in (("corrupted input", noisy), ("denoised", out)):
-            print(f"  {name:16s} PSNR {psnr(t, clean).mean():6.2f} dB   SSIM {ssim(t, clean).mean():.4f}")
-    else:
-        for name, t in (("corrupted input", noisy), ("denoised", out)):
-            mse = ((t - clean) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-            print(f"  {name:16s} PSNR {(10 * torch.log10(1 / mse)).mean():6.2f} dB")
+    for name, db in res.psnr.items():
+        print(f"  {name:16s} PSNR {db:6.2f} dB" + (f"   SSIM {res.ssim[name]:.4f}" if name in res.ssim else ""))
     if a.out.suffix == ".npy":
         np.save(a.out, out.numpy())
     else:
@@ -561,6 +491,7 @@ def cmd_report(a) -> None:
 def cmd_explore(a) -> None:
     import numpy as np
 
+    from .models.capabilities import ContinuousCode
     from .report import latent_figures as lf
     from .training import load_run
 
@@ -568,7 +499,7 @@ def cmd_explore(a) -> None:
         _check_suffix(a.out, (".png", ".pdf", ".svg"))
     _check_counts(a, "steps", "n", "pairs", "num_dims", "per_class", "limit")
     run = load_run(a.run)
-    if a.kind != "classes" and not (hasattr(run.model, "embed") and hasattr(run.model, "decode_mean")):
+    if a.kind != "classes" and not isinstance(run.model, ContinuousCode):
         raise ConfigError(f"{run.describe()} has no continuous latent code to explore")
     if a.kind == "activity":
         act = lf.activity(run, limit=a.limit)
@@ -614,8 +545,6 @@ def _detector_rows(a):
 
 
 def cmd_detect(a) -> None:
-    import numpy as np
-
     from .detect import GenerativeOutlierDetector, load_detector, save_detector
 
     if a.action == "fit":
@@ -633,23 +562,16 @@ def cmd_detect(a) -> None:
         print(f"detector: {a.out}")
         return
     _check_suffix(a.out, (".csv",))
+    from .core.io import write_text_atomic
+    from .tasks import score_rows
+
     det = load_detector(a.detector)
     x, y = _detector_rows(a)
-    if x.shape[1] != det.n_features_in_:
-        raise ConfigError(f"the detector was fitted on {det.n_features_in_} features, these rows have {x.shape[1]}")
-    scores = det.decision_function(x)
-    flags = (scores > det.threshold_).astype(int)
-    from .core.io import write_text_atomic
-
-    header = "row,score,outlier" + (",label" if y is not None else "")
-    lines = [f"{i},{s:.9g},{f}" + (f",{int(y[i])}" if y is not None else "")
-             for i, (s, f) in enumerate(zip(scores, flags))]
-    write_text_atomic(a.out, "\n".join([header, *lines]) + "\n")
-    print(f"{len(x)} rows scored, {flags.mean():.1%} above the threshold: {a.out}")
-    if y is not None and set(np.unique(y).tolist()) == {0, 1}:
-        from .evaluation.outliers import separation
-
-        m = separation(y, scores)
+    rows = score_rows(det, x, y)
+    write_text_atomic(a.out, rows.csv(y))
+    print(f"{len(x)} rows scored, {rows.flags.mean():.1%} above the threshold: {a.out}")
+    if rows.separation is not None:
+        m = rows.separation
         print(f"  against the labels (1 = outlier): AUROC {m['auroc']:.4f}, AUPRC {m['auprc']:.4f}, "
               f"FPR at 95% TPR {m['fpr95']:.4f}")
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .evaluation import evaluate_likelihood, reconstruction_error
-from .evaluation.likelihood import likelihood_meaning
-from .training import TrainConfig, train
 from .core.io import write_json_atomic, write_text_atomic
-from .rng import seeded
+from .tasks import evaluate_run
+from .training import TrainConfig, train
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int = 500,
@@ -20,13 +18,9 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int =
     run = train("vae", data, out=out, config=config, overwrite=True, latent_dim=32,
                 hidden=(512, 256), activation="elu")
     print(f"evaluating on the full test set with {nll_samples} importance samples per image", flush=True)
-    loader = run.loader("test", batch_size=100)
     spec = run.data_spec
-    meaning = likelihood_meaning(run.model.config.likelihood, spec.preprocessing)
-    with seeded(0):
-        rep = evaluate_likelihood(run.model, loader.epoch(0), nll_samples,
-                                  offset_nats_per_dim=meaning.offset_nats_per_dim)
-    mse = reconstruction_error(run.model, loader.epoch(0))
+    result = evaluate_run(run, "test", nll_samples=nll_samples, batch_size=100, seed=0)
+    rep, meaning, mse = result.likelihood, result.meaning, result.reconstruction_mse
     write_json_atomic(out / f"eval-test-k{nll_samples}.json",
                       {"model": run.describe(), **rep.as_dict(), "reconstruction_mse": mse})
     minutes = (time.perf_counter() - start) / 60

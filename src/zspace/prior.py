@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .models.capabilities import DiscreteCodes
 from .training.checkpoint import CONFIG_FILE, write_json_atomic
 from .training.config import TrainConfig
 from .training.run import Run, load_run, read_run_config, train
@@ -36,7 +37,7 @@ def train_prior(vqvae_run: str | Path, out: str | Path, *, gated: bool = True, c
     if {"levels", "head"} & set(options):
         raise ConfigError("a prior's head and levels follow its VQ-VAE (a categorical over its K codes)")
     vq = load_run(vqvae_run)
-    if not hasattr(vq.model, "encode_codes"):
+    if not isinstance(vq.model, DiscreteCodes):
         raise ConfigError(f"{vqvae_run} holds a {vq.model.name} run; a prior needs a VQ-VAE run")
     out = Path(out)
     if (out / "checkpoints" / "latest").exists() and not overwrite:

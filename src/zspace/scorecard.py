@@ -28,8 +28,10 @@ import torch
 
 from .errors import ConfigError
 from .evaluation import sample_quality as sq
-from .evaluation.features import load_extractor
+from .evaluation.features import Extractor, load_extractor
+from .models.capabilities import ContinuousCode, ExactLikelihood, LatentVariableModel, SamplesFromPrior
 from .rng import seeded
+from .tasks import estimate_likelihood, likelihood_meaning_of
 
 CRITERIA = ("efficient sampling", "high-quality samples", "coverage", "well-behaved latent space",
             "interpretable latent space", "efficient likelihood")
@@ -112,41 +114,32 @@ def _pairs(run, classes: int, n: int = 32):
 def evaluate_run(run, ext, real_train_feats, n: int, seed: int = 0, nll_samples: int = 100,
                  nll_limit: int = 1000) -> dict[str, str]:
     """The scorecard cells of one run."""
-    from .evaluation import evaluate_exact_likelihood, evaluate_likelihood
-    from .evaluation.likelihood import likelihood_meaning
-
     model, cells = run.model, {}
     classes = model.num_classes
-    if hasattr(model, "sample"):
+    if isinstance(model, SamplesFromPrior):
         y = torch.arange(n) % classes if classes else None
         with seeded(seed):
             x, seconds = sq.timed_sampling(lambda i, m: run.sample(m, y=None if y is None else y[i:i + m]),
                                            n, 1000, warmup=64)
         cells["efficient sampling"] = f"{n / seconds:.0f} samples/s"
         cells.update(_quality_cells(ext, real_train_feats, _images(x)))
-    if hasattr(model, "embed") and hasattr(model, "decode_mean"):
+    if isinstance(model, ContinuousCode):
         xa, xb, y = _pairs(run, classes)
         s = sq.latent_smoothness(model, xa, xb, lambda im: ext.features(_images(im)), steps=16, y=y)
         cells["well-behaved latent space"] = (f"smoothness {s.mean_ratio:.2f} (worst {s.worst_ratio:.2f}), "
                                               f"{s.num_paths} paths")
-    if hasattr(model, "log_importance_weights"):      # Burda's statistic assumes the N(0, I) prior's scale
+    if isinstance(model, LatentVariableModel):      # Burda's statistic assumes the N(0, I) prior's scale
         from .explore import per_dimension_activity
 
         act = per_dimension_activity(model, run.loader("test", 500, limit=2000).epoch(0))
         cells["interpretable latent space"] = f"{act.num_active} of {len(act.kl)} units active"
     loader = run.loader("test", 100, limit=nll_limit)
-    pre = run.data_spec.preprocessing
     with seeded(seed):
-        if hasattr(model, "log_prob"):
-            rep = evaluate_exact_likelihood(model, loader.epoch(0))
-            what = "exact"
-        elif hasattr(model, "log_importance_weights"):
-            rep = evaluate_likelihood(model, loader.epoch(0), nll_samples)
-            what = f"IS bound, k = {nll_samples}"
-        else:
-            rep = None
-    if rep is not None:
-        kind = likelihood_meaning(model.config.likelihood, pre).kind
+        measured = estimate_likelihood(model, loader.epoch(0), nll_samples)
+    if measured is not None:
+        rep, exact = measured
+        what = "exact" if exact else f"IS bound, k = {nll_samples}"
+        kind = likelihood_meaning_of(run).kind
         if run.config.get("prior_of"):
             kind = "of the VQ-VAE's code grids, not of images"
         cells["efficient likelihood"] = (f"NLL {rep.nll:.2f} nats ({what}; {kind}), "
@@ -163,7 +156,7 @@ def _why_not(run, criterion: str) -> str:
         return "no likelihood"
     if run.config.get("prior_of"):
         return "discrete code grid: no continuous latent space"
-    if hasattr(model, "log_prob"):
+    if isinstance(model, ExactLikelihood):
         return "no latent variables"
     if criterion == "interpretable latent space":
         return "no N(0, I) prior to measure unit activity against"
@@ -172,9 +165,9 @@ def _why_not(run, criterion: str) -> str:
 
 def scorecard(runs, n: int = 10000, seed: int = 0, extractor=None) -> Scorecard:
     """Evaluates each run (opened or a folder) and the real test data on one data set."""
-    from .training import load_run
+    from .training import Run, load_run
 
-    runs = [load_run(r) if not hasattr(r, "model") else r for r in runs]
+    runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     if not runs:
         raise ConfigError("give at least one run")
     sources = {r.data_spec.source for r in runs if not r.config.get("prior_of")}
@@ -185,7 +178,7 @@ def scorecard(runs, n: int = 10000, seed: int = 0, extractor=None) -> Scorecard:
         raise ConfigError(f"the runs were trained on different data ({', '.join(sorted(sources))}); "
                           f"a scorecard compares models of one data set")
     data = sources.pop()
-    ext = extractor if hasattr(extractor, "features") else load_extractor(extractor if extractor is not None else data)
+    ext = extractor if isinstance(extractor, Extractor) else load_extractor(extractor if extractor is not None else data)
     splits = runs[0].data() if not runs[0].config.get("prior_of") else load_run(runs[0].config["prior_of"]).data()
     if n > min(len(splits.test), len(splits.train)):
         raise ConfigError(f"N = {n} is more than the real data offer ({len(splits.train)} training, "

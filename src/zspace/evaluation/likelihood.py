@@ -19,6 +19,8 @@ import torch
 
 from ..data.loader import Batch
 from ..errors import ConfigError
+from ..models.losses import mean_loss_terms  # noqa: F401  (re-exported: the trainer imports it here)
+from ..models.policies import LikelihoodMeaning, likelihood_meaning  # noqa: F401  (re-exported)
 
 LN2 = math.log(2.0)
 
@@ -32,51 +34,6 @@ def bits_per_dim(nll_nats, num_dims: int, offset_nats_per_dim: float = 0.0):
     if num_dims < 1:
         raise ConfigError(f"num_dims must be positive, got {num_dims}")
     return (nll_nats / num_dims + offset_nats_per_dim) / LN2
-
-
-@dataclass(frozen=True)
-class LikelihoodMeaning:
-    """What an NLL number means for a (decoder likelihood, preprocessing) pair."""
-
-    kind: str                  # "probability", "density bound" or "not a likelihood"
-    offset_nats_per_dim: float  # added per dimension before converting to bits/dim
-    note: str
-
-
-def likelihood_meaning(likelihood: str, preprocessing: str) -> LikelihoodMeaning:
-    if likelihood in ("categorical", "logistic-mixture") and preprocessing == "uint8":
-        return LikelihoodMeaning("probability", 0.0, "NLL of 8-bit data; bits per 8-bit subpixel")
-    if likelihood == "bernoulli":
-        if preprocessing in ("dynamic-binarize", "static-binarize"):
-            return LikelihoodMeaning("probability", 0.0, "NLL of binary data; bits per binary dimension")
-        return LikelihoodMeaning("not a likelihood", 0.0,
-                                 f"Bernoulli cross-entropy on non-binary ({preprocessing}) data: "
-                                 "not comparable with published likelihoods")
-    if preprocessing == "dequantize":
-        return LikelihoodMeaning("density bound", math.log(256.0),
-                                 "continuous density on dequantized 8-bit data: an upper bound on "
-                                 "the discrete NLL; bits per 8-bit subpixel")
-    return LikelihoodMeaning("density", 0.0, f"continuous density on {preprocessing} data (nats may be "
-                                             "negative); bits/dim not comparable with discrete data")
-
-
-@torch.no_grad()
-def mean_loss_terms(model, batches: Iterable[Batch], device="cpu") -> dict[str, float]:
-    """Averages each of ``model.loss``'s per-example terms over all examples (eval mode)."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    n = 0
-    try:
-        for b in batches:
-            b = b.to(device)
-            terms = model.loss(b.x, b.y).terms
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.double().sum())
-            n += len(b)
-    finally:
-        model.train(was_training)
-    return {k: v / max(n, 1) for k, v in sums.items()}
 
 
 @torch.no_grad()

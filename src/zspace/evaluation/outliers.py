@@ -30,6 +30,7 @@ import numpy as np
 
 from ..data.loader import Batch
 from ..errors import ConfigError, DataError
+from ..models.capabilities import ExactLikelihood, ImportanceSampledLikelihood, LatentVariableModel, Reconstructs
 from .likelihood import collect, importance_sampled_log_likelihood
 
 NORMS = ("l1", "l2", "linf")
@@ -50,8 +51,12 @@ def reconstruction_scores(model, batches: Iterable[Batch], norm: str = "l2") -> 
     return _per_example(model, batches, lambda x, y: reduce[norm]((model.reconstruct(x, y) - x).flatten(1).double()))
 
 
+_CAPABILITY = {"reconstruct": Reconstructs, "elbo_terms": LatentVariableModel,
+               "log_importance_weights": ImportanceSampledLikelihood, "log_prob": ExactLikelihood}
+
+
 def _needs(model, method: str, score: str) -> None:
-    if not hasattr(model, method):
+    if not isinstance(model, _CAPABILITY[method]):
         raise ConfigError(f"the {score} score needs a model with {method}() "
                           f"({'an autoregressive model' if method == 'log_prob' else 'a VAE'}); "
                           f"{type(model).__name__} has none")

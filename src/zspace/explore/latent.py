@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
+from ..models.capabilities import LatentVariableModel, SamplesFromPrior
 
 INTERPOLATIONS = ("linear", "slerp")
 ACTIVITY_THRESHOLD = 1e-2     # Burda et al. 2016, section 5.2
@@ -89,7 +90,7 @@ def per_dimension_activity(model, batches: Iterable, threshold: float = ACTIVITY
     for b in batches:
         b = b.to(device)
         x, y = b.x, b.y
-        if hasattr(model, "log_importance_weights"):       # a posterior q(z|x): per-dimension KL
+        if isinstance(model, LatentVariableModel):       # a posterior q(z|x): per-dimension KL
             q = model.encode(x, y)
             means.append(q.mean.double().cpu())
             kls.append((0.5 * (q.mean ** 2 + q.log_var.exp() - 1 - q.log_var)).double().cpu())
@@ -267,7 +268,7 @@ def prior_reference(model, codes=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(center, scale) per dimension for traversals: the prior N(0, I) for models with one,
     otherwise the mean and standard deviation of the data's codes."""
     d = _latent_dim(model)
-    if hasattr(model, "sample"):
+    if isinstance(model, SamplesFromPrior):
         return torch.zeros(d), torch.ones(d)
     if codes is None:
         raise ConfigError("a model without a prior needs the data's codes to set the traversal range")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,8 @@ from torch import nn
 from ..data.corruptions import CORRUPTIONS, make_corruption
 from ..errors import ConfigError
 from ..nn import activation
-from .base import Losses, Model, ModelConfig, check_positive_int, register
+from .base import Losses, Model, ModelConfig, Statistic, check_positive_int, register
+from .capabilities import ContinuousCode, Reconstructs
 from .networks import build_decoder, build_encoder, check_architecture
 
 AE_LOSSES = ("mse", "bce")
@@ -111,8 +113,13 @@ def kl_sparsity(rho: float, rho_hat: torch.Tensor, eps: float = 1e-6) -> torch.T
     return (rho * torch.log(rho / r) + (1 - rho) * torch.log((1 - rho) / (1 - r))).sum()
 
 
+def _sparsity_kl_of_sums(rho: float, total: torch.Tensor) -> torch.Tensor:
+    """The KL sparsity penalty of the mean activations, from (sum of codes per unit..., count)."""
+    return kl_sparsity(rho, total[:-1] / total[-1])
+
+
 @register
-class Autoencoder(Model):
+class Autoencoder(Model, ContinuousCode, Reconstructs):
     name = "ae"
     config_class = AutoencoderConfig
 
@@ -147,8 +154,9 @@ class Autoencoder(Model):
         """The reconstruction in input space for codes (B, latent_dim)."""
         return self.decode(code)
 
-    def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
+    def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         c = self.config
+        stats = {}
         x_in = self.corrupt(x) if self.training else x      # the clean x stays the target
         code = self.encode(x_in)
         raw = self.decode_raw(code)
@@ -168,9 +176,11 @@ class Autoencoder(Model):
         elif c.sparsity == "kl":
             penalty = kl_sparsity(c.sparsity_target, code.mean(0))
             loss = loss + c.sparsity_weight * warmup * penalty
-            terms["sparsity_kl"] = penalty.detach().expand(len(x))
+            terms["sparsity_kl"] = penalty.detach().expand(len(x))    # this batch's; stats: exact
+            stats["sparsity_kl"] = Statistic(torch.cat([code.detach().sum(0), code.new_tensor([len(x)])]),
+                                             partial(_sparsity_kl_of_sums, c.sparsity_target))
         terms["code_zero_fraction"] = (code.detach().abs() < 1e-3).float().mean(1)
-        return Losses(loss, terms)
+        return Losses(loss, terms, stats)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:

@@ -7,7 +7,6 @@ registering its config and class.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -16,38 +15,61 @@ from torch import nn
 from ..core.config import ModelConfig, check_positive, check_positive_int  # noqa: F401  (re-exported)
 from ..data.corruptions import Mutation
 from ..errors import ConfigError, DataError
-
-
-@dataclass
-class Losses:
-    """The scalar to minimise and per-example terms (B,) reported in nats."""
-
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor]
+from . import policies
+from .losses import Losses, Statistic  # noqa: F401  (re-exported)
 
 
 class Model(nn.Module):
-    """Base class: ``loss(x, y, warmup)`` is all the trainer needs.
+    """Base class: ``forward(x, y, warmup) -> Losses`` is all the trainer needs.
 
     ``warmup`` in [0, 1] is the progress of an optional warm-up of regularisation
-    terms (the KL of a VAE); models without such a term ignore it.
+    terms (the KL of a VAE); models without such a term ignore it. A family implements
+    ``forward`` (so ``model(x)`` and ``DDP(model)(x)`` give the losses; ``loss`` is an
+    alias) and declares its capabilities (``models.capabilities``) as base classes.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     integer_inputs: ClassVar[bool] = False   # True for models of 8-bit integers (autoregressive heads)
-    num_classes: int = 0                     # > 0: class-conditional, labels 0..num_classes-1
 
     def __init__(self, config):
         super().__init__()
         self.config = config
 
     @property
+    def num_classes(self) -> int:
+        """> 0: class-conditional, labels 0..num_classes-1 (the config's ``num_classes``)."""
+        return int(getattr(self.config, "num_classes", 0) or 0)
+
+    @property
     def num_dims(self) -> int:
         return int(math.prod(self.config.input_shape))
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, warmup: float = 1.0) -> Losses:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, warmup: float = 1.0) -> Losses:
+        """The losses of a batch x (B, *input_shape) with labels y (B,) or None."""
         raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor | None = None, warmup: float = 1.0) -> Losses:
+        """``forward`` under its old name (the same call, hooks included)."""
+        return self(x, y, warmup)
+
+    # ---- policies the model owns ------------------------------------------------------
+    @property
+    def likelihood_name(self) -> str | None:
+        """The distribution its likelihood is of ("bernoulli", "categorical", ...); None without one."""
+        return getattr(self.config, "likelihood", None)
+
+    def default_preprocessing(self, data) -> str:
+        """The preprocessing ``train`` picks for ``data`` when none is given."""
+        return policies.default_preprocessing(self.integer_inputs, self.likelihood_name, data)
+
+    def check_preprocessing(self, preprocessing: str) -> None:
+        """Raises ConfigError for preprocessing this model cannot take."""
+        policies.check_preprocessing(self.integer_inputs, self.likelihood_name, self.name, preprocessing)
+
+    def likelihood_meaning(self, preprocessing: str) -> policies.LikelihoodMeaning:
+        """What this model's NLL means on data preprocessed so."""
+        return policies.likelihood_meaning(self.likelihood_name, preprocessing)
 
     @property
     def mutation_levels(self) -> tuple[int, float]:

@@ -26,6 +26,7 @@ from ..data.corruptions import check_fraction
 from ..distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from ..errors import ConfigError, DataError
 from .base import Losses, Model, ModelConfig, check_labelled_data, check_positive_int, checked_labels, register
+from .capabilities import ExactLikelihood, SamplesFromPrior
 
 HEADS = ("bernoulli", "categorical", "logistic-mixture")
 
@@ -140,7 +141,7 @@ def _pointwise(conv: nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class PixelCNN(Model):
+class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
     """PixelCNN with masked convolutions and an exact likelihood (van den Oord et al. 2016)."""
 
     name = "pixelcnn"
@@ -161,10 +162,6 @@ class PixelCNN(Model):
         if c.head != "bernoulli" and data.is_8bit and int(data.x.max()) >= c.levels:
             raise DataError(f"{data.name}: values up to {int(data.x.max())} but the categorical head has "
                             f"{c.levels} levels (--levels)")
-
-    @property
-    def num_classes(self) -> int:                # > 0 for a class-conditional model
-        return int(getattr(self.config, "num_classes", 0))
 
     @property
     def integer_inputs(self) -> bool:            # 8-bit heads read uint8 integers
@@ -215,7 +212,7 @@ class PixelCNN(Model):
         c = self.config
         return (2, 1.0) if c.head == "bernoulli" else (c.levels, float(c.levels - 1))
 
-    def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
+    def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         x = self.training_input(x)
         nll = -self.log_prob(x, y)
         return Losses(nll.mean(), {"nll": nll.detach()})

@@ -25,6 +25,7 @@ from ..distributions import DecoderLikelihood, DiagonalGaussian, LIKELIHOODS, st
 from ..errors import ConfigError
 from .base import (Losses, Model, ModelConfig, check_labelled_data, check_positive, check_positive_int,
                    checked_labels, register)
+from .capabilities import ImportanceSampledLikelihood, Reconstructs, SamplesFromPrior
 from .networks import build_decoder, build_encoder, check_architecture
 
 
@@ -69,7 +70,7 @@ class VAEConfig(ModelConfig):
 
 
 @register
-class VAE(Model):
+class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
     name = "vae"
     config_class = VAEConfig
 
@@ -80,7 +81,6 @@ class VAE(Model):
         or (B, P * C, H, W), with P = 2 for gaussian-learned and 1 otherwise."""
         super().__init__(config)
         self.likelihood = DecoderLikelihood(config.likelihood, config.variance)
-        self.num_classes = int(getattr(config, "num_classes", 0))   # 0: unconditional
         k, shape = self.num_classes, tuple(config.input_shape)
         # A label enters the encoder as k extra input channels (conv) or features (mlp),
         # and the decoder as k extra latent inputs.
@@ -112,7 +112,7 @@ class VAE(Model):
     def describe(self) -> str:
         c = self.config
         obj = f"IWAE k={c.iw_samples}" if c.iw_samples > 1 else ("VAE" if c.beta == 1 else f"β-VAE β={c.beta:g}")
-        if getattr(c, "tc_weight", 0):
+        if c.tc_weight:
             obj = f"β-TCVAE β={c.tc_weight:g}"
         if self.num_classes:
             obj = f"C{obj} ({self.num_classes} classes)" if obj == "VAE" else f"conditional {obj} ({self.num_classes} classes)"
@@ -169,7 +169,7 @@ class VAE(Model):
         log_px_z = self.decode(z, y).log_prob(x)           # x broadcasts over k
         return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
 
-    def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
+    def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         x = self.training_input(x)
         k = self.config.iw_samples
         if self.config.tc_weight:

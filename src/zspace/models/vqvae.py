@@ -27,7 +27,14 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..nn.mlp import activation
-from .base import Losses, Model, ModelConfig, check_positive, check_positive_int, register
+from .base import Losses, Model, ModelConfig, Statistic, check_positive, check_positive_int, register
+from .capabilities import DiscreteCodes, Reconstructs
+
+
+def perplexity_of_counts(counts: torch.Tensor) -> torch.Tensor:
+    """exp(H) of the code frequencies given assignment counts (K,): how many codes are used."""
+    p = counts / counts.sum()
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
 
 
 class VectorQuantizer(nn.Module):
@@ -73,9 +80,7 @@ class VectorQuantizer(nn.Module):
             loss = loss + ((z_e.detach() - z_q) ** 2).sum(1).flatten(1).sum(1)
         elif self.training:
             self._ema_update(flat.detach(), codes)
-        counts = torch.bincount(codes, minlength=self.num_codes).float()
-        p = counts / counts.sum()
-        perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+        perplexity = perplexity_of_counts(torch.bincount(codes, minlength=self.num_codes).float())
         z_st = z_e + (z_q - z_e).detach()                                   # straight-through
         return z_st, codes.reshape(b, h, w), loss, perplexity
 
@@ -134,7 +139,7 @@ class VQVAEConfig(ModelConfig):
 
 
 @register
-class VQVAE(Model):
+class VQVAE(Model, Reconstructs, DiscreteCodes):
     """VQ-VAE with an EMA codebook and dead-code restarts (van den Oord et al. 2017)."""
 
     name = "vqvae"
@@ -168,13 +173,20 @@ class VQVAE(Model):
         h, w = self.code_shape
         return f"VQ-VAE, {h}x{w} codes from K={c.num_codes} (D={c.embedding_dim}){', EMA' if c.ema else ''}"
 
-    def loss(self, x, y=None, warmup: float = 1.0) -> Losses:
+    @property
+    def num_codes(self) -> int:
+        return self.config.num_codes
+
+    def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         z_q, codes, vq_loss, perplexity = self.quantizer(self.encoder(x))
         x_hat = torch.sigmoid(self.decoder(z_q))
         mse = ((x_hat - x) ** 2).flatten(1).mean(1)
         loss = (mse + vq_loss / x[0].numel()).mean()       # the VQ terms per input dimension, like the MSE
+        counts = torch.bincount(codes.flatten(), minlength=self.config.num_codes).double()
+        # "perplexity" in terms is this batch's (kept for term-only readers); stats sum the counts
         return Losses(loss, {"mse": mse.detach(), "vq": vq_loss.detach(),
-                             "perplexity": perplexity.detach().expand(len(x))})
+                             "perplexity": perplexity.detach().expand(len(x))},
+                      {"perplexity": Statistic(counts, perplexity_of_counts)})
 
     @torch.no_grad()
     def encode_codes(self, x: torch.Tensor) -> torch.Tensor:

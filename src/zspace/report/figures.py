@@ -101,27 +101,29 @@ def as_images(x: torch.Tensor, input_shape) -> torch.Tensor | None:
     return (x / 255.0 if x.max() > 1 else x).clamp(0, 1)
 
 
-def save_reconstructions(run, path: Path, n: int = 16, split: str = "test") -> Path | None:
-    if not hasattr(run.model, "reconstruct"):       # autoregressive models have no code to decode
+def save_reconstructions(run, path: Path, n: int = 16, split: str = "test", required: bool = False) -> Path | None:
+    """Inputs beside their reconstructions; None for a model that does not reconstruct
+    (autoregressive models have no code to decode) unless ``required`` (then ConfigError)."""
+    from ..models.capabilities import Reconstructs
+    from ..tasks import reconstruct_run
+
+    if not (required or isinstance(run.model, Reconstructs)):
         return None
-    batch = next(iter(run.loader(split, batch_size=n, limit=n).epoch(0)))
-    model = run.model
-    shape = model.config.input_shape
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        moved = batch.to(device)
-        rec = model.reconstruct(moved.x, moved.y).cpu()
-    originals, recs = as_images(batch.x, shape), as_images(rec, shape)
+    rec = reconstruct_run(run, n, split)
+    shape = run.model.config.input_shape
+    originals, recs = as_images(rec.inputs, shape), as_images(rec.outputs, shape)
     if originals is None:
         return None
     pairs = torch.stack([originals, recs], 1).reshape(-1, *originals.shape[1:])
     title = (f"{run.describe()}\n{split} inputs (left) and reconstructions (right), "
-             f"first {len(batch)} examples")
+             f"first {len(rec.inputs)} examples")
     return save_image_grid(pairs, path, title, ncols=8)
 
 
 def save_samples(run, path: Path, n: int = 64, seed: int = 0) -> Path | None:
-    if not hasattr(run.model, "sample"):
+    from ..models.capabilities import SamplesFromPrior
+
+    if not isinstance(run.model, SamplesFromPrior):
         return None
     classes = run.model.num_classes
     per_class = max(1, n // classes) if classes else 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, ZspaceError
+from ..models.capabilities import ContinuousCode, SamplesFromPrior
 from ..core.io import write_text_atomic
 from . import latent_figures as lf
 from .figures import save_loss_curves, save_reconstructions, save_samples
@@ -75,8 +76,8 @@ def write_report(run, path: str | Path | None = None, seed: int = 0) -> Path:
         raise ConfigError(f"{out}: the report must end in .html")
     figs = run.path / "figures"
     model = run.model
-    latent_dim = getattr(model.config, "latent_dim", None)
-    has_code = hasattr(model, "embed") and latent_dim is not None
+    has_code = isinstance(model, ContinuousCode)
+    latent_dim = model.code_dim if has_code else None
     act = lf.activity(run) if has_code else None                 # measured once, used three times
     plane = tuple(int(d) for d in act.ranked()[:2]) if has_code and latent_dim > 2 else None
 
@@ -94,7 +95,7 @@ def write_report(run, path: str | Path | None = None, seed: int = 0) -> Path:
             ("Active units and KL per dimension", lambda: _activity_table(act), ""),
             ("Traversals", lambda: lf.save_traversal(run, figs / "traversal.png", measured=act), ""),
             ("Manifold", lambda: lf.save_manifold(run, figs / "manifold.png", plane=plane)
-             if hasattr(model, "sample") else None,
+             if isinstance(model, SamplesFromPrior) else None,
              "The grid Φ⁻¹(u) is read in prior units: models without a prior have no manifold figure."),
             ("Interpolations", lambda: lf.save_interpolations(run, figs / "interpolations.png", seed=seed), ""),
             ("Latent scatter", lambda: lf.save_scatter(run, figs / "scatter.png"), ""),

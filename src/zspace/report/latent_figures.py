@@ -13,7 +13,9 @@ import torch
 from ..data.sources import CLASS_NAMES
 from ..errors import ConfigError
 from ..explore import latent
+from ..models.capabilities import SamplesFromPrior
 from ..rng import seeded
+from ..tasks import check_label
 from .figures import _save_titled, as_images, plt, save_image_grid, save_labelled_rows
 
 
@@ -36,16 +38,7 @@ def _conditional(run) -> int:
 def label_argument(run, label: int | None, default: int | None = None) -> int | None:
     """A user's class choice (--label) checked against the run's model; a conditional model
     without one gets ``default``, or an error when there is none."""
-    k = _conditional(run)
-    if label is not None and not k:
-        raise ConfigError("--label is for conditional models only")
-    if k and label is None:
-        if default is None:
-            raise ConfigError(f"{run.describe()} is conditional: choose the class with --label 0..{k - 1}")
-        return default
-    if label is not None and not 0 <= label < k:
-        raise ConfigError(f"--label {label} out of range: the model has {k} classes")
-    return label
+    return check_label(run, label, default)
 
 
 def activity(run, split: str = "test", limit: int | None = 2000) -> latent.Activity:
@@ -64,7 +57,7 @@ def save_traversal(run, path: Path, dims: Sequence[int] | None = None, num_dims:
     act = measured if measured is not None else activity(run, limit=limit)
     if dims is None:
         dims = act.ranked()[:min(num_dims, len(act.kl))].tolist()
-    codes = None if hasattr(run.model, "sample") else _encoded(run, "test", limit)[2]
+    codes = None if isinstance(run.model, SamplesFromPrior) else _encoded(run, "test", limit)[2]
     center, scale = latent.prior_reference(run.model, codes)
     base, where = center, "the prior mean" if codes is None else "the mean code"
     if example is not None:
@@ -77,7 +70,7 @@ def save_traversal(run, path: Path, dims: Sequence[int] | None = None, num_dims:
             label = int(y[example])
     values = latent.traversal_values(steps, span)
     grid = latent.traverse(run.model, dims, values, z0=base, y=label, scale=scale, center=center)
-    unit = "prior std" if hasattr(run.model, "sample") else "code std"
+    unit = "prior std" if isinstance(run.model, SamplesFromPrior) else "code std"
     rows = []
     for i, d in enumerate(dims):
         stat = f"KL {act.kl[d]:.2f}" if np.isfinite(act.kl[d]) else f"var {act.variance[d]:.2g}"

@@ -15,16 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..core.version import __version__
-from ..data.dataset import ArrayData, DataSplits
+from ..data.dataset import DataSplits
 from ..data.loader import BatchLoader
 from ..data.sources import load_dataset
 from ..data.transforms import Preprocessing
 from ..errors import CheckpointError, ConfigError
 from ..models.base import Model, ModelConfig, build_model
+from ..models.capabilities import SamplesFromPrior
 from .checkpoint import CONFIG_FILE, latest_checkpoint, load_weights, read_json, write_json_atomic
 from .config import TrainConfig
 from .distributed import init_from_env
@@ -46,30 +46,6 @@ class DataSpec(ModelConfig):
 
     def preprocess(self) -> Preprocessing:
         return Preprocessing(self.preprocessing, self.static_seed)
-
-
-def default_preprocessing(model: Model, data: ArrayData) -> str:
-    """Binarize 8-bit data for a Bernoulli decoder; scale data in [0, 1]; else leave it be."""
-    if model.integer_inputs:
-        return "uint8"
-    if not data.is_8bit:
-        return "none" if float(np.min(data.x)) < 0 or float(np.max(data.x)) > 1 else "scale"
-    if getattr(model.config, "likelihood", None) == "bernoulli":
-        return "dynamic-binarize"
-    return "scale"
-
-
-def check_pairing(model: Model, preprocessing: str) -> None:
-    """Rejects preprocessing a model cannot take (with the reason and the alternatives)."""
-    if (preprocessing == "uint8") != model.integer_inputs:
-        wanted = "integer (uint8)" if model.integer_inputs else "real-valued"
-        raise ConfigError(f"preprocessing {preprocessing!r} does not give the {wanted} inputs the "
-                          f"{model.name} model takes")
-    if getattr(model.config, "likelihood", None) == "bernoulli" and preprocessing not in (
-            "dynamic-binarize", "static-binarize", "scale"):
-        raise ConfigError(f"a Bernoulli decoder needs inputs in [0, 1]; preprocessing {preprocessing!r} "
-                          f"does not guarantee that: use dynamic-binarize, static-binarize or scale, "
-                          f"or a Gaussian likelihood")
 
 
 class Run:
@@ -123,7 +99,7 @@ class Run:
 
     def sample(self, n: int, y=None) -> torch.Tensor:
         """n samples in input space; a prior over a VQ-VAE's codes has them decoded."""
-        if not hasattr(self.model, "sample"):
+        if not isinstance(self.model, SamplesFromPrior):
             raise ConfigError(f"{self.describe()} has no prior to sample from")
         x = self.model.sample(n, y=y)
         if self.config.get("prior_of"):
@@ -176,8 +152,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
         built, name = model, model.name
     built.check_data(splits.train)
     built.check_data(splits.test)
-    pre = preprocessing or default_preprocessing(built, splits.train)
-    check_pairing(built, pre)
+    pre = preprocessing or built.default_preprocessing(splits.train)   # the model's own policies
+    built.check_preprocessing(pre)
     spec = DataSpec(source=str(source), preprocessing=pre, test_fraction=test_fraction,
                     label_column=label_column)
     run_dir = Path(out) if out is not None else None

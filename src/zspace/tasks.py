@@ -1,0 +1,260 @@
+"""Tasks: what a user does with a trained run, as functions returning small result dataclasses.
+
+The CLI parses flags, calls one task and prints its result; the scorecard, the demo and
+the report call the same tasks, so a choice such as "exact or importance-sampled
+likelihood" is made once, here.
+
+    evaluate_run      test likelihood (exact or importance-sampled, by the model's capability),
+                      what the number means, reconstruction error
+    sample_run        samples from the prior (decoded through the VQ-VAE for a code prior)
+    reconstruct_run   inputs and their reconstructions
+    encode_run        codes of a split (continuous codes or VQ-VAE code grids)
+    denoise_run       corrupted inputs, their reconstructions, PSNR (and SSIM for images)
+    score_rows        an outlier detector's scores and flags for rows, with the separation
+                      against 0/1 labels when the rows have them
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .evaluation.image_quality import psnr, ssim
+from .evaluation.likelihood import (LikelihoodMeaning, LikelihoodReport, collect, evaluate_exact_likelihood,
+                                    evaluate_likelihood, reconstruction_error)
+from .models.capabilities import (ContinuousCode, DiscreteCodes, ExactLikelihood, ImportanceSampledLikelihood,
+                                  Reconstructs, SamplesFromPrior)
+from .rng import seeded
+
+
+def has_likelihood(model) -> bool:
+    """Whether ``estimate_likelihood`` can measure the model (exactly or by importance sampling)."""
+    return isinstance(model, (ExactLikelihood, ImportanceSampledLikelihood))
+
+
+def estimate_likelihood(model, batches: Iterable, nll_samples: int = 1000,
+                        offset_nats_per_dim: float = 0.0) -> tuple[LikelihoodReport, bool] | None:
+    """(report, exact): the exact NLL of a model that has one, else the importance-sampled
+    bound with ``nll_samples`` samples; None for a model with neither."""
+    if isinstance(model, ExactLikelihood):
+        return evaluate_exact_likelihood(model, batches, offset_nats_per_dim=offset_nats_per_dim), True
+    if isinstance(model, ImportanceSampledLikelihood):
+        if nll_samples < 1:
+            raise ConfigError(f"--nll-samples must be >= 1, got {nll_samples}")
+        return evaluate_likelihood(model, batches, nll_samples, offset_nats_per_dim=offset_nats_per_dim), False
+    return None
+
+
+def likelihood_meaning_of(run) -> LikelihoodMeaning:
+    """What the run's NLL means: the model's policy for its preprocessing, or, for a prior
+    over a VQ-VAE's codes, a probability of code grids."""
+    if run.config.get("prior_of"):
+        return LikelihoodMeaning("probability", 0.0, f"NLL of the VQ-VAE's code grids over "
+                                 f"{run.model.config.levels} codes; bits per code")
+    return run.model.likelihood_meaning(run.data_spec.preprocessing)
+
+
+@dataclass
+class Evaluation:
+    run: str
+    model: str
+    split: str
+    likelihood: LikelihoodReport | None = None
+    exact: bool = False
+    meaning: LikelihoodMeaning | None = None
+    reconstruction_mse: float | None = None
+    nll_samples: int = 0
+
+    @property
+    def name(self) -> str:
+        """'exact' or 'k<samples>': the file name's tag (eval-SPLIT-NAME.json)."""
+        return "exact" if self.exact else f"k{self.nll_samples}"
+
+    def as_dict(self) -> dict:
+        out = {"run": self.run, "model": self.model, "split": self.split}
+        if self.likelihood is not None:
+            out.update(self.likelihood.as_dict(), likelihood_kind=self.meaning.kind,
+                       likelihood_note=self.meaning.note)
+            if self.exact:
+                out["exact"] = True
+        if self.reconstruction_mse is not None:
+            out["reconstruction_mse"] = self.reconstruction_mse
+        return out
+
+
+def evaluate_run(run, split: str = "test", nll_samples: int = 1000, batch_size: int = 500,
+                 limit: int | None = None, seed: int = 0) -> Evaluation:
+    """The run's likelihood on a split (exact or importance-sampled) and its reconstruction error."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    loader = run.loader(split, batch_size=batch_size, limit=limit)
+    result = Evaluation(str(run.path), run.describe(), split, nll_samples=nll_samples)
+    if has_likelihood(run.model):
+        result.meaning = likelihood_meaning_of(run)
+        with seeded(seed):
+            result.likelihood, result.exact = estimate_likelihood(
+                run.model, loader.epoch(0), nll_samples, result.meaning.offset_nats_per_dim)
+    if isinstance(run.model, Reconstructs):
+        result.reconstruction_mse = reconstruction_error(run.model, loader.epoch(0))
+    return result
+
+
+def check_label(run, label: int | None, default: int | None = None) -> int | None:
+    """A user's class choice checked against the run's model; a conditional model without
+    one gets ``default``, or an error when there is none."""
+    k = run.model.num_classes
+    if label is not None and not k:
+        raise ConfigError("--label is for conditional models only")
+    if k and label is None:
+        if default is None:
+            raise ConfigError(f"{run.describe()} is conditional: choose the class with --label 0..{k - 1}")
+        return default
+    if label is not None and not 0 <= label < k:
+        raise ConfigError(f"--label {label} out of range: the model has {k} classes")
+    return label
+
+
+@dataclass
+class Samples:
+    x: torch.Tensor            # (n, *shape) in input space
+    label: int | None
+    seed: int
+
+
+def sample_run(run, n: int, label: int | None = None, seed: int = 0) -> Samples:
+    """n samples from the run's prior (given a class for a conditional model)."""
+    if n < 1:
+        raise ConfigError(f"-n must be >= 1, got {n}")
+    label = check_label(run, label)
+    with seeded(seed):
+        x = run.sample(n, y=label)
+    return Samples(x.cpu(), label, seed)
+
+
+@dataclass
+class Reconstructions:
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    split: str
+
+
+def _require(run, capability, what: str) -> None:
+    if not isinstance(run.model, capability):
+        raise ConfigError(f"{run.describe()} {what}")
+
+
+def reconstruct_run(run, n: int = 16, split: str = "test") -> Reconstructions:
+    """The first n examples of a split and the model's reconstructions of them."""
+    if n < 1:
+        raise ConfigError(f"-n must be >= 1, got {n}")
+    _require(run, Reconstructs, "does not reconstruct its inputs (no encoder)")
+    batch = next(iter(run.loader(split, batch_size=n, limit=n).epoch(0)))
+    device = next(run.model.parameters()).device
+    with torch.no_grad():
+        moved = batch.to(device)
+        rec = run.model.reconstruct(moved.x, moved.y).cpu()
+    return Reconstructions(batch.x, rec, split)
+
+
+@dataclass
+class Codes:
+    z: np.ndarray              # (N, D) continuous codes or (N, h, w) code grids
+    y: np.ndarray | None       # the split's labels
+
+
+def encode_run(run, split: str = "test", data=None) -> Codes:
+    """Codes of every example of a split (``data``: other data of the same shape)."""
+    loader = run.loader(split, 500, data=data)
+    if isinstance(run.model, ContinuousCode):
+        z = collect(run.model, loader.epoch(0), lambda m, x, y: m.embed(x, y))
+    elif isinstance(run.model, DiscreteCodes):                  # VQ-VAE: the grids of code indices
+        z = collect(run.model, loader.epoch(0), lambda m, x, y: m.encode_codes(x))
+    else:
+        raise ConfigError(f"{run.describe()} has no encoder: nothing to encode")
+    return Codes(z, loader.data.y)
+
+
+@dataclass
+class Denoising:
+    corruption: object
+    clean: torch.Tensor
+    noisy: torch.Tensor
+    denoised: torch.Tensor
+    psnr: dict[str, float] = field(default_factory=dict)    # "corrupted input", "denoised": mean dB
+    ssim: dict[str, float] = field(default_factory=dict)    # the same, for image data
+
+
+def denoise_run(run, corruption: str, level: float, split: str = "test", limit: int | None = None,
+                seed: int = 0, data=None) -> Denoising:
+    """Corrupts a split's inputs, reconstructs them and measures both against the clean ones."""
+    from .data.corruptions import make_corruption
+
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {limit}")
+    corrupt = make_corruption(corruption, level)
+    _require(run, Reconstructs, "does not reconstruct its inputs: it cannot denoise")
+    if run.data_spec.preprocessing not in ("scale", "none"):
+        raise ConfigError(f"denoising compares grey levels; this run was trained on "
+                          f"{run.data_spec.preprocessing!r} inputs")
+    loader = run.loader(split, 500, limit=limit, data=data)
+    g = torch.Generator().manual_seed(seed)
+    clean, noisy, out = [], [], []
+    with torch.no_grad():
+        for b in loader.epoch(0):
+            n = corrupt(b.x, g)
+            clean.append(b.x)
+            noisy.append(n)
+            out.append(run.model.reconstruct(n, b.y).clamp(0, 1))
+    result = Denoising(corrupt, torch.cat(clean), torch.cat(noisy), torch.cat(out))
+    images = result.clean.dim() == 4 and result.clean.shape[1] in (1, 3)
+
+    def as_4d(t):      # vectors count as one-row images for PSNR (the same per-example MSE)
+        return t if t.dim() == 4 else t.reshape(len(t), 1, 1, -1)
+    for name, t in (("corrupted input", result.noisy), ("denoised", result.denoised)):
+        result.psnr[name] = float(psnr(as_4d(t), as_4d(result.clean)).mean())
+        if images:
+            result.ssim[name] = float(ssim(t, result.clean).mean())
+    return result
+
+
+@dataclass
+class RowScores:
+    scores: np.ndarray         # (N,) higher = more abnormal
+    flags: np.ndarray          # (N,) 1 above the detector's threshold
+    separation: dict | None    # AUROC, AUPRC, FPR at 95% TPR against 0/1 labels, when given
+
+    def csv(self, y=None) -> str:
+        header = "row,score,outlier" + (",label" if y is not None else "")
+        lines = [f"{i},{s:.9g},{f}" + (f",{int(y[i])}" if y is not None else "")
+                 for i, (s, f) in enumerate(zip(self.scores, self.flags))]
+        return "\n".join([header, *lines]) + "\n"
+
+
+def score_rows(detector, x: np.ndarray, y: np.ndarray | None = None) -> RowScores:
+    """A fitted detector's scores and flags for rows x (N, features)."""
+    if x.shape[1] != detector.n_features_in_:
+        raise ConfigError(f"the detector was fitted on {detector.n_features_in_} features, "
+                          f"these rows have {x.shape[1]}")
+    scores = detector.decision_function(x)
+    flags = (scores > detector.threshold_).astype(int)
+    separation = None
+    if y is not None and set(np.unique(y).tolist()) == {0, 1}:
+        from .evaluation.outliers import separation as measure
+
+        separation = measure(y, scores)
+    return RowScores(scores, flags, separation)
+
+
+def write_evaluation(result: Evaluation, path: str | Path | None, run_path: Path) -> Path:
+    """Writes the evaluation's JSON (default RUN/eval-SPLIT-NAME.json) and returns its path."""
+    from .core.io import write_json_atomic
+
+    out = Path(path) if path is not None else Path(run_path) / f"eval-{result.split}-{result.name}.json"
+    write_json_atomic(out, result.as_dict())
+    return out
