@@ -16,6 +16,17 @@ from .evaluation import (bits_per_dim, evaluate_likelihood,  # noqa: E402
 from .models import (CVAE, VAE, VQVAE, Autoencoder, AutoencoderConfig, CVAEConfig, GatedPixelCNN,  # noqa: E402
                      GatedPixelCNNConfig, PixelCNN, PixelCNNConfig, VAEConfig, VQVAEConfig, build_model)
 from .training import DataSpec, Run, TrainConfig, Trainer, load_run, resume, train  # noqa: E402
+from .training import run as _training_run  # noqa: E402
+
+
+def _write_run_figures(run):
+    """train(figures=True) draws through the report layer; imported when first drawn (matplotlib)."""
+    from .report.figures import write_run_figures
+
+    return write_run_figures(run)
+
+
+_training_run.FIGURE_WRITER = _write_run_figures
 
 __all__ = [
     "ArrayData", "BatchLoader", "DataSplits", "Preprocessing", "load_dataset",

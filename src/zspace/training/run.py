@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -46,6 +46,19 @@ class DataSpec(ModelConfig):
 
     def preprocess(self) -> Preprocessing:
         return Preprocessing(self.preprocessing, self.static_seed)
+
+
+# Figures are drawn by the report layer, above this one: the package (zspace/__init__.py)
+# installs ``report.figures.write_run_figures`` here, so ``train(figures=True)`` draws them
+# without training importing the report.
+FIGURE_WRITER: Callable[["Run"], object] | None = None
+
+
+def draw_run_figures(run: "Run") -> None:
+    """Reconstructions, samples and loss curves into RUN/figures/ (by the installed writer)."""
+    if FIGURE_WRITER is None:
+        raise ConfigError("no figure writer is installed (import zspace, or pass figures=False)")
+    FIGURE_WRITER(run)
 
 
 class Run:
@@ -167,8 +180,7 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     state = trainer.fit()
     run = Run(run_dir, _full_config(built, spec, config), built, splits, state.history)
     if figures and run_dir is not None and dist.is_main:
-        from ..report.figures import write_run_figures
-        write_run_figures(run)
+        draw_run_figures(run)
     return run
 
 
@@ -230,8 +242,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
     state = trainer.fit()
     run = Run(run_dir, cfg, model, data, state.history)
     if figures and dist.is_main:
-        from ..report.figures import write_run_figures
-        write_run_figures(run)
+        draw_run_figures(run)
     return run
 
 
