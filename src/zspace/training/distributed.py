@@ -9,6 +9,7 @@ group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_R
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -47,17 +48,30 @@ class Dist:
         td.all_reduce(buf, op=td.ReduceOp.SUM)
         return buf.to(t.device)
 
-    def sum_dict(self, sums: dict[str, torch.Tensor], names: list[str] | None = None) -> dict[str, torch.Tensor]:
-        """Sums each named scalar across ranks in one collective (every rank must pass the same
-        names; a rank without a value contributes 0)."""
-        names = sorted(sums) if names is None else names
-        if not self.enabled or not names:
-            return {k: sums[k] for k in names if k in sums}
-        zero = torch.zeros((), dtype=torch.float64, device=self.device)
-        packed = torch.stack([sums[k].detach().to(self.device, torch.float64) if k in sums else zero
-                              for k in names])
-        packed = self.all_reduce_sum(packed)
-        return {k: packed[i] for i, k in enumerate(names)}
+    def sum_dict(self, tensors: dict[str, torch.Tensor],
+                 spec: list[tuple[str, tuple[int, ...]]] | None = None) -> dict[str, torch.Tensor]:
+        """Each named tensor (any shape) summed across ranks in one collective, as float64.
+
+        ``spec`` lists (name, shape) as every rank must pass alike (default: this rank's
+        tensors, sorted); a rank without a value contributes zeros.
+        """
+        if spec is None:
+            spec = [(k, tuple(tensors[k].shape)) for k in sorted(tensors)]
+        if not self.enabled:
+            return {k: tensors[k] if k in tensors else torch.zeros(shape, dtype=torch.float64)
+                    for k, shape in spec}
+        flat = [tensors[k].detach().to(self.device, torch.float64).reshape(-1) if k in tensors
+                else torch.zeros(math.prod(shape), dtype=torch.float64, device=self.device)
+                for k, shape in spec]
+        if not flat:
+            return {}
+        packed = self.all_reduce_sum(torch.cat(flat))
+        out, at = {}, 0
+        for k, shape in spec:
+            n = math.prod(shape)
+            out[k] = packed[at:at + n].reshape(shape)
+            at += n
+        return out
 
     def any(self, flag: bool | torch.Tensor) -> bool:
         """True when ``flag`` is true on any rank (the stop flag every rank must obey)."""

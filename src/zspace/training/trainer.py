@@ -193,7 +193,8 @@ class Trainer:
         self.optimizer = build_optimizer(model, config)
         self.net = self._wrap()
         self.state = TrainState(world_size=ws)
-        self._sums: dict[str, torch.Tensor] = {}
+        self._sums: dict[str, torch.Tensor] = {}   # per-example term sums; "stat:NAME" statistic totals
+        self._finish: dict[str, Callable] = {}     # each statistic's finish
         self._seen = 0
         self.tb = self._tensorboard()
 
@@ -312,7 +313,7 @@ class Trainer:
         if self.run_dir is None:
             return
         sums, seen = self._synced_sums()     # collective: every rank takes part
-        s.epoch_sums = {k: float(v) for k, v in sums.items()} if s.batch else {}
+        s.epoch_sums = {k: v.tolist() for k, v in sums.items()} if s.batch else {}
         s.epoch_seen = seen if s.batch else 0
         rng = self._rng_tensors()
         if not self.dist.is_main:
@@ -324,17 +325,43 @@ class Trainer:
             cb.on_checkpoint(self, path)
 
     # ---- metrics -------------------------------------------------------------------------
+    @staticmethod
+    def _accumulate(sums: dict[str, torch.Tensor], finish: dict[str, Callable], out) -> None:
+        """Adds a batch's per-example term sums and statistic totals (on the device, no sync)."""
+        stats = getattr(out, "stats", None) or {}
+        for k, v in out.terms.items():
+            if k in stats:      # the per-batch copy of a statistic: the exact total replaces it
+                continue
+            v = v.detach().double().sum()
+            sums[k] = sums[k] + v if k in sums else v
+        for k, st in stats.items():
+            key, t = "stat:" + k, st.total.detach().double()
+            sums[key] = sums[key] + t if key in sums else t
+            finish[k] = st.finish
+
+    @staticmethod
+    def _finished(totals: dict[str, torch.Tensor], count: float, finish: dict[str, Callable]) -> dict[str, float]:
+        """Means of the terms over ``count`` examples; statistics finished from their totals."""
+        out = {}
+        for k, v in totals.items():
+            if k.startswith("stat:"):
+                if k[5:] in finish:
+                    out[k[5:]] = float(finish[k[5:]](v))
+            else:
+                out[k] = float(v) / max(count, 1)
+        return out
+
     def _synced_sums(self) -> tuple[dict[str, torch.Tensor], int]:
-        """The unfinished epoch's loss sums and example count over all ranks (one collective)."""
-        names = sorted(self._sums)
+        """The unfinished epoch's sums and totals and example count over all ranks (one collective)."""
+        spec = [(k, tuple(self._sums[k].shape)) for k in sorted(self._sums)] + [("_seen", ())]
         packed = dict(self._sums, _seen=torch.tensor(float(self._seen), dtype=torch.float64))
-        total = self.dist.sum_dict(packed, names + ["_seen"])
+        total = self.dist.sum_dict(packed, spec)
         seen = int(round(float(total.pop("_seen"))))
         return total, seen
 
     def _train_averages(self) -> dict[str, float]:
         sums, seen = self._synced_sums()
-        return {f"train_{k}": float(v) / max(seen, 1) for k, v in sums.items()}
+        return {f"train_{k}": v for k, v in self._finished(sums, seen, self._finish).items()}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -345,28 +372,28 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
+        finish: dict[str, Callable] = {}
         n = 0
         try:
             for b in range(self.dist.rank, len(self.test_loader), self.dist.world_size):
                 batch = next(self.test_loader.epoch(0, start=b))
                 with seeded(EVAL_SEED + b):   # the same noise for batch b with any number of ranks
-                    terms = self.model.loss(self._to_device(batch.x), self._to_device(batch.y)).terms
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0) + v.double().sum()
+                    out = self.model.loss(self._to_device(batch.x), self._to_device(batch.y))
+                self._accumulate(sums, finish, out)
                 n += len(batch)
         finally:
             self.model.train(was_training)
-        names = sorted(sums)
+        spec = [(k, tuple(sums[k].shape)) for k in sorted(sums)]
         if self.dist.enabled:   # a rank with no batch (more ranks than batches) learns the names
             import torch.distributed as td
 
-            box = [names]
+            box = [spec]
             td.broadcast_object_list(box, src=0, device=self.dist.device)
-            names = box[0]
+            spec = box[0]
         total = self.dist.sum_dict(dict(sums, _n=torch.tensor(float(n), dtype=torch.float64)),
-                                   names + ["_n"])
-        count = max(float(total.pop("_n")), 1.0)
-        metrics = {k: float(v) / count for k, v in total.items()}
+                                   spec + [("_n", ())])
+        count = float(total.pop("_n"))
+        metrics = self._finished(total, count, {**self._finish, **finish})
         for cb in self.callbacks:
             cb.on_eval(self, metrics)
         return metrics
@@ -404,7 +431,8 @@ class Trainer:
                 bar.update(1)
                 if self.progress and (s.batch % refresh == 0 or s.batch == spe):
                     elapsed = time.perf_counter() - epoch_start
-                    bar.set_postfix({**{k: f"{float(v) / max(self._seen, 1):.2f}" for k, v in self._sums.items()},
+                    bar.set_postfix({**{k: f"{float(v) / max(self._seen, 1):.2f}" for k, v in self._sums.items()
+                                        if not k.startswith("stat:")},
                                      "ex/s": f"{done_here * self.dist.world_size / max(elapsed, 1e-9):.0f}"},
                                     refresh=False)
                 for cb in self.callbacks:
@@ -476,9 +504,7 @@ class Trainer:
                     f"gradient norm became {norm.item()} at {where}{self._kept()}"))
         self.optimizer.step()
         s.step += 1
-        for k, v in out.terms.items():   # kept on the device; synced when a row is logged
-            v = v.detach().double().sum()
-            self._sums[k] = self._sums[k] + v if k in self._sums else v
+        self._accumulate(self._sums, self._finish, out)   # kept on the device; synced when logged
 
     def _kept(self) -> str:
         if self.run_dir is not None and (self.run_dir / "checkpoints" / "latest").exists():
