@@ -7,7 +7,6 @@ from torch import nn
 import zspace
 from zspace import VAE, Autoencoder, AutoencoderConfig, ConfigError, VAEConfig
 from zspace.evaluation import evaluate_likelihood, importance_sampled_log_likelihood
-from zspace.models import build_model
 
 from .conftest import tiny_config
 
@@ -161,13 +160,3 @@ def test_autoencoder_shares_the_building_blocks():
         out = ae.loss(x)
         assert set(out.terms) == {"bce", "mse", "code_zero_fraction"} and ae.embed(x).shape == (3, 3)
         assert ae.reconstruct(x).min() >= 0 and ae.reconstruct(x).max() <= 1
-
-
-def test_config_json_round_trip_and_unknown_keys():
-    cfg = VAEConfig(input_shape=(1, 8, 8), hidden=(10, 5))
-    again = VAEConfig.from_dict(cfg.to_dict())
-    assert again == cfg and isinstance(again.hidden, tuple)
-    with pytest.raises(ConfigError, match="unknown option"):
-        VAEConfig.from_dict({**cfg.to_dict(), "latent": 3})
-    with pytest.raises(ConfigError, match="unknown model"):
-        build_model("gan", {})
