@@ -287,3 +287,113 @@ def test_in_memory_arrays_train_and_encode():
                 latent_dim=2, hidden=(8,), likelihood="gaussian-learned")
     assert run.data_spec.preprocessing == "scale"
     assert run.model.embed(torch.from_numpy(x[:5])).shape == (5, 2)
+
+
+# ---- optimizers, step intervals, callbacks --------------------------------------------
+def _trainer(digits, **kw):
+    from zspace.training.trainer import Trainer
+
+    m = zspace.VAE(zspace.VAEConfig(input_shape=(1, 8, 8), **OPTS))
+    return Trainer(m, digits.train, digits.test, zspace.Preprocessing("dynamic-binarize"),
+                   tiny_config(**kw), progress=False)
+
+
+@pytest.mark.parametrize("name, cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                       ("sgd", torch.optim.SGD)])
+def test_optimizer_from_config_spares_biases_from_weight_decay(digits, name, cls):
+    t = _trainer(digits, optimizer=name, weight_decay=0.1, momentum=0.5, beta1=0.8)
+    opt = t.optimizer
+    assert type(opt) is cls
+    decayed, spared = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and spared["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in spared["params"])
+    assert len(decayed["params"]) + len(spared["params"]) == len(list(t.model.parameters()))
+    if name == "sgd":
+        assert decayed["momentum"] == 0.5
+    else:
+        assert decayed["betas"] == (0.8, 0.999)
+    assert len(_trainer(digits, optimizer=name).optimizer.param_groups) == 1   # no decay: one group
+
+
+def test_optimizers_train_differently_and_resume_exactly(digits, tmp_path):
+    cfg = tiny_config(epochs=2, lr_schedule="constant", optimizer="sgd", momentum=0.9, lr=0.05,
+                      weight_decay=1e-3)
+    full = train("vae", digits, out=tmp_path / "full", config=cfg, progress=False, figures=False, **OPTS)
+    adam = train("vae", digits, config=cfg.replace(optimizer="adamw", lr=3e-3), progress=False,
+                 figures=False, **OPTS)
+    assert not same_weights(weights(full.model), weights(adam.model))
+    train("vae", digits, out=tmp_path / "part", config=cfg.replace(epochs=1), progress=False,
+          figures=False, **OPTS)
+    resumed = resume(tmp_path / "part", epochs=2, progress=False, figures=False)
+    assert same_weights(weights(full.model), weights(resumed.model))   # momentum buffers restored
+
+
+def test_step_intervals_and_callbacks(digits, tmp_path):
+    from zspace.training.trainer import Callback
+
+    class Record(Callback):
+        def __init__(self):
+            self.steps, self.evals, self.checkpoints = [], [], []
+
+        def on_step_end(self, trainer):
+            self.steps.append(trainer.state.step)
+            with torch.no_grad():   # a decoder-norm projection: every weight row to unit norm
+                w = trainer.model.decoder.net[-1].weight if hasattr(trainer.model.decoder, "net") else None
+                if w is not None:
+                    w /= w.norm(dim=1, keepdim=True)
+
+        def on_eval(self, trainer, metrics):
+            self.evals.append((trainer.state.step, metrics["elbo"]))
+
+        def on_checkpoint(self, trainer, path):
+            self.checkpoints.append(path.name)
+
+    cb = Record()
+    cfg = tiny_config(epochs=2, eval_every_steps=10, checkpoint_every_steps=15)   # 23 steps per epoch
+    run = train("vae", digits, out=tmp_path / "r", config=cfg, progress=False, figures=False,
+                callbacks=[cb], **OPTS)
+    assert cb.steps == list(range(1, 47))
+    assert [s for s, _ in cb.evals] == [10, 20, 23, 30, 40, 46]
+    assert cb.checkpoints == ["epoch-0000-batch-000015", "epoch-0001", "epoch-0001-batch-000007",
+                              "epoch-0001-batch-000022", "epoch-0002"]   # steps 15, 23, 30, 45, 46
+    rows = run.history()
+    assert [r["step"] for r in rows] == [10, 20, 23, 30, 40, 46]
+    assert [r["epoch"] for r in rows][2::3] == [1, 2] and 0 < rows[0]["epoch"] < 1
+    assert all("test_elbo" in r and "train_elbo" in r for r in rows)
+
+
+def test_resume_exact_with_step_intervals(digits, tmp_path):
+    cfg = tiny_config(epochs=None, steps=40, lr_schedule="constant", eval_every_steps=6,
+                      checkpoint_every_steps=4)
+    full = train("vae", digits, out=tmp_path / "full", config=cfg, progress=False, figures=False, **OPTS)
+    part = tmp_path / "part"
+    train("vae", digits, out=part, config=cfg.replace(steps=14), progress=False, figures=False, **OPTS)
+    resumed = resume(part, steps=40, progress=False, figures=False)
+    assert same_weights(weights(full.model), weights(resumed.model))
+    assert strip_times(full.history()) == strip_times(resumed.history())   # provisional row replaced
+
+
+def test_metrics_stay_on_the_device_between_logs(digits, monkeypatch):
+    t = _trainer(digits, epochs=2, eval_limit=50)   # 46 steps, 2 rows
+    syncs = {"n": 0}
+    real = torch.Tensor.__float__
+
+    def counting(self):
+        syncs["n"] += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counting)
+    t.fit()
+    assert t.state.step == 46 and 0 < syncs["n"] < t.state.step   # per logged row, not per step
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(optimizer="lbfgs"), "optimizer must be one of"),
+    (dict(precision="fp16"), "precision must be one of"),
+    (dict(momentum=1.0), "momentum"),
+    (dict(eval_every_steps=0), "eval_every_steps"),
+    (dict(checkpoint_every_steps=-2), "checkpoint_every_steps"),
+])
+def test_bad_trainer_options(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**kwargs)
