@@ -104,6 +104,15 @@ class Dataset:
             lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
         return lo, hi
 
+    def sampled_range(self, rows: int = 4096) -> tuple[float, float]:
+        """(min, max) of everything held in memory, or of the first ``rows`` of on-disk data
+        (whose every batch is checked again as it is read)."""
+        return self.value_range(limit=rows if self.on_disk else None)
+
+    def release(self) -> None:
+        """Lets go of memory-mapped pages read so far (the loader calls this as it moves on),
+        so streaming over data larger than memory keeps resident memory flat."""
+
     def describe(self) -> str:
         labels = "" if self.y is None else f", {len(np.unique(self.y))} classes"
         return f"{self.name}: {len(self)} x {self.example_shape} {np.dtype(self.dtype).name}{labels}"
@@ -198,6 +207,20 @@ def _lazy(arr: np.ndarray) -> bool:
     return isinstance(arr, np.memmap) or isinstance(getattr(arr, "base", None), np.memmap)
 
 
+def release_mapping(arr: np.ndarray) -> None:
+    """madvise(DONTNEED) on the mapping behind ``arr``: its pages leave this process's resident
+    set (the kernel's page cache keeps them while it has room); a later read maps them again."""
+    import mmap
+
+    while arr is not None and not isinstance(getattr(arr, "_mmap", None), mmap.mmap):
+        arr = getattr(arr, "base", None)
+    if arr is not None and hasattr(mmap, "MADV_DONTNEED"):
+        try:
+            arr._mmap.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
+
+
 class ArrayData(Dataset):
     """Examples ``x`` (N, *shape) and optional labels ``y`` (N,): in memory, or a NumPy memmap
     (any numeric dtype, float16 included), which is read and checked batch by batch.
@@ -240,6 +263,9 @@ class ArrayData(Dataset):
     @property
     def on_disk(self) -> bool:
         return _lazy(self._x)
+
+    def release(self) -> None:
+        release_mapping(self._x)
 
     def read(self, indices) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
@@ -290,6 +316,9 @@ class Subset(Dataset):
             self._y = self.base.y[self.indices]
         return self._y
 
+    def release(self) -> None:
+        self.base.release()
+
     def read(self, indices) -> np.ndarray:
         return self.base.read(self.indices[np.asarray(indices, dtype=np.int64)])
 
@@ -324,6 +353,10 @@ class Concat(Dataset):
     @property
     def on_disk(self) -> bool:
         return any(p.on_disk for p in self.parts)
+
+    def release(self) -> None:
+        for p in self.parts:
+            p.release()
 
     @property
     def y(self):

@@ -27,7 +27,7 @@ from ..errors import ConfigError
 from .dataset import Dataset
 from .transforms import Preprocessing, batch_seed
 
-BLOCK_BYTES = 32 << 20     # bytes per shuffle block of on-disk data
+BLOCK_BYTES = 8 << 20      # bytes per shuffle block of on-disk data
 WINDOW_BLOCKS = 8          # blocks whose rows are shuffled together
 
 
@@ -86,7 +86,7 @@ class BatchLoader:
 
     ``workers`` > 0 reads and preprocesses batches in that many processes (torch's
     DataLoader, batches still in order). ``block_rows`` sets on-disk block shuffling (None:
-    about 32 MiB of rows for on-disk data, rows for data in memory; 0 turns it off).
+    about 8 MiB of rows for on-disk data, rows for data in memory; 0 turns it off).
     """
 
     def __init__(self, data: Dataset, batch_size: int, preprocessing: Preprocessing, *,
@@ -131,6 +131,10 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _batch(self, order: np.ndarray, epoch: int, b: int) -> Batch:
+        if self.block_rows and b:       # a window of on-disk rows is done: unmap its pages
+            window = self.block_rows * WINDOW_BLOCKS
+            if (b * self.batch_size) // window != ((b - 1) * self.batch_size) // window:
+                self.data.release()
         idx = order[b * self.batch_size:(b + 1) * self.batch_size]
         g = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b, self.rank))
         raw, kept = self.data.read_batch(idx)

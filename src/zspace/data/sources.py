@@ -265,6 +265,9 @@ def load_file(path: str | Path, *, test_fraction: float = 0.1, seed: int = 0,
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir() and is_store(path):
         return split_holdout(ShardStore(path), test_fraction, seed)
+    if path.is_dir() and is_store(path / "train") and is_store(path / "test"):   # zspace data pack
+        return DataSplits(ShardStore(path / "train", f"{path.name}/train"),
+                          ShardStore(path / "test", f"{path.name}/test"), path.name)
     if path.is_dir() or is_zip(path):
         return load_images(path, image_size=image_size, channels=channels, skip_bad=skip_bad,
                            test_fraction=test_fraction, seed=seed)

@@ -43,7 +43,7 @@ class Preprocessing:
             raise DataError(f"{data.name}: preprocessing {self.name!r} needs 8-bit (uint8) data, "
                             f"got {np.dtype(data.dtype).name}")
         if self.name in _NEEDS_UNIT_RANGE and not data.is_8bit:
-            self._check_unit_range(*data.value_range(limit=4096 if data.on_disk else None), data.name)
+            self._check_unit_range(*data.sampled_range(), data.name)
 
     def _check_unit_range(self, lo: float, hi: float, where: str) -> None:
         if lo < 0.0 or hi > 1.0:
