@@ -7,7 +7,7 @@ import torch
 
 from zspace import ConfigError
 from zspace.core.io import read_json, write_json_atomic
-from zspace.models import MODELS, build_model
+from zspace.models import MODELS, VQPrior, build_model
 from zspace.models import capabilities as cap
 from zspace.models.losses import Losses, Statistic, mean_loss_terms
 from zspace.training.checkpoint import load_weights, save_checkpoint
@@ -21,7 +21,12 @@ TINY = {
     "gated-pixelcnn": dict(channels=8, residual_blocks=1, head_channels=8, first_kernel=3, num_classes=3,
                            head="categorical", levels=4),
     "vqvae": dict(channels=(4,), embedding_dim=4, num_codes=8),
+    # a VQ-VAE over SHAPE and a gated prior over its 4x4 code grids (it reads codes, samples images)
+    "vqvae-prior": dict(vqvae=dict(input_shape=SHAPE, channels=(4,), embedding_dim=4, num_codes=8),
+                        prior=dict(channels=8, residual_blocks=1, head_channels=8, first_kernel=3,
+                                   embedding_dim=4, num_classes=3)),
 }
+READS_CODES = {"vqvae-prior"}            # its inputs are code grids, not SHAPE
 
 
 def test_every_registered_model_has_a_tiny_config():
@@ -30,15 +35,17 @@ def test_every_registered_model_has_a_tiny_config():
 
 def tiny(name: str):
     torch.manual_seed(0)
-    return build_model(name, {"input_shape": SHAPE, **TINY[name]})
+    return build_model(name, TINY[name] if name in READS_CODES else {"input_shape": SHAPE, **TINY[name]})
 
 
 def batch(model, n: int = 6):
     g = torch.Generator().manual_seed(1)
+    shape = tuple(model.config.input_shape)
     if model.integer_inputs:
-        x = torch.randint(0, model.config.levels, (n, *SHAPE), generator=g)
+        levels = model.vqvae.num_codes if isinstance(model, VQPrior) else model.config.levels
+        x = torch.randint(0, levels, (n, *shape), generator=g)
     else:
-        x = torch.rand(n, *SHAPE, generator=g).round()
+        x = torch.rand(n, *shape, generator=g).round()
     y = torch.arange(n) % model.num_classes if model.num_classes else None
     return x, y
 
@@ -58,6 +65,8 @@ def test_forward_returns_losses_and_backward_reaches_every_parameter(name):
     out.loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None for g in grads)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert all(p.grad is None for p in frozen) and (bool(frozen) == (name in READS_CODES))
     model.eval()                             # (training steps move the VQ-VAE's EMA codebook)
     torch.manual_seed(2)
     a = model.loss(x, y)                     # the old name is the same call
@@ -183,3 +192,25 @@ def test_model_owned_policies(name):
         model.check_preprocessing("none" if model.integer_inputs else "uint8")
     meaning = model.likelihood_meaning(pre)
     assert meaning.kind and meaning.note
+
+
+def test_vqvae_prior_is_one_model_that_samples_images_from_its_own_checkpoint(tmp_path):
+    """The composite keeps the VQ-VAE frozen through training steps and decodes its own samples."""
+    model = tiny("vqvae-prior")
+    codebook = model.vqvae.quantizer.codebook.clone()
+    x, y = batch(model)
+    model.train()
+    model(x, y).loss.backward()
+    assert not model.vqvae.training and torch.equal(model.vqvae.quantizer.codebook, codebook)
+    path = save_checkpoint(tmp_path, "epoch-0001", model, None, {"epoch": 1})
+    again = build_model("vqvae-prior", model.config.to_dict())
+    load_weights(again, path / "model.safetensors")
+    again.eval()
+    torch.manual_seed(0)
+    s = again.sample(2, y=torch.tensor([0, 1]))
+    torch.manual_seed(0)
+    codes = model.eval().sample_codes(2, y=torch.tensor([0, 1]))
+    assert s.shape == (2, *SHAPE) and torch.equal(s, model.vqvae.decode_codes(codes[:, 0]))
+    assert "code grids" in again.likelihood_meaning("uint8").note
+    with pytest.raises(ConfigError, match="train prior"):
+        build_model("vqvae-prior", {"input_shape": SHAPE})

@@ -3,9 +3,10 @@
 ``train_prior(vqvae_run, out)`` encodes the VQ-VAE run's training and test images into
 code grids, stores them in ``out/codes.npz`` (8-bit, with the labels), and trains a
 (gated) PixelCNN with a K-way categorical head and embedded inputs on them: an exact
-likelihood over tiles, (h * w) steps per image instead of H * W. The prior's run config
-names its VQ-VAE (``prior_of``), so ``Run.sample`` and ``zspace sample`` draw code grids
-and decode them to images.
+likelihood over tiles, (h * w) steps per image instead of H * W. The run's model is one
+``VQPrior`` (models/vqprior.py): the frozen VQ-VAE and the prior in one checkpoint, so
+``Run.sample`` and ``zspace sample`` draw code grids and decode them to images without the
+VQ-VAE's folder; ``prior_of`` in its config.json records where the VQ-VAE came from.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 
 from .errors import ConfigError
 from .models.capabilities import DiscreteCodes
+from .models.vqprior import VQPrior, VQPriorConfig
 from .training.checkpoint import CONFIG_FILE, write_json_atomic
 from .training.config import TrainConfig
 from .training.run import Run, load_run, read_run_config, train
@@ -50,12 +52,17 @@ def train_prior(vqvae_run: str | Path, out: str | Path, *, gated: bool = True, c
         if y is not None:
             arrays[f"y_{split}"] = y
     np.savez(out / CODES_FILE, **arrays)
-    opts = {"head": "categorical", "levels": vq.model.config.num_codes, "embedding_dim": embedding_dim,
-            "first_kernel": 3, **options}
-    run = train("gated-pixelcnn" if gated else "pixelcnn", str((out / CODES_FILE).resolve()), out=out,
-                preprocessing="uint8", config=config, progress=progress, overwrite=True, figures=False, **opts)
+    prior_options = {"head": "categorical", "levels": vq.model.config.num_codes, "embedding_dim": embedding_dim,
+                     "first_kernel": 3, **options}
+    config = config or TrainConfig()
+    torch.manual_seed(config.seed)           # the prior's initial weights, as train() seeds a named model
+    model = VQPrior(VQPriorConfig(vqvae=vq.model.config.to_dict(),
+                                  prior_model="gated-pixelcnn" if gated else "pixelcnn", prior=prior_options))
+    model.vqvae.load_state_dict(vq.model.state_dict())
+    train(model, str((out / CODES_FILE).resolve()), out=out, preprocessing="uint8", config=config,
+          progress=progress, overwrite=True, figures=False)
     cfg = read_run_config(out)
-    cfg["prior_of"] = str(Path(vqvae_run).resolve())
+    cfg["prior_of"] = str(Path(vqvae_run).resolve())     # provenance (and the images' data set)
     write_json_atomic(out / CONFIG_FILE, cfg)
     run = load_run(out)
     from .report.figures import write_run_figures

@@ -28,6 +28,7 @@ from .evaluation.likelihood import (LikelihoodMeaning, LikelihoodReport, collect
                                     evaluate_likelihood, reconstruction_error)
 from .models.capabilities import (ContinuousCode, DiscreteCodes, ExactLikelihood, ImportanceSampledLikelihood,
                                   Reconstructs, SamplesFromPrior)
+from .models.vqprior import VQPrior, code_grid_meaning
 from .rng import seeded
 
 
@@ -50,11 +51,10 @@ def estimate_likelihood(model, batches: Iterable, nll_samples: int = 1000,
 
 
 def likelihood_meaning_of(run) -> LikelihoodMeaning:
-    """What the run's NLL means: the model's policy for its preprocessing, or, for a prior
-    over a VQ-VAE's codes, a probability of code grids."""
-    if run.config.get("prior_of"):
-        return LikelihoodMeaning("probability", 0.0, f"NLL of the VQ-VAE's code grids over "
-                                 f"{run.model.config.levels} codes; bits per code")
+    """What the run's NLL means: the model's own policy for the run's preprocessing (a prior
+    run written before VQPrior, a bare PixelCNN over codes, means code grids too)."""
+    if run.config.get("prior_of") and not isinstance(run.model, VQPrior):
+        return code_grid_meaning(run.model.config.levels)
     return run.model.likelihood_meaning(run.data_spec.preprocessing)
 
 

@@ -25,6 +25,7 @@ from ..data.transforms import Preprocessing
 from ..errors import CheckpointError, ConfigError
 from ..models.base import Model, ModelConfig, build_model
 from ..models.capabilities import SamplesFromPrior
+from ..models.vqprior import VQPrior
 from .checkpoint import CONFIG_FILE, latest_checkpoint, load_weights, read_json, write_json_atomic
 from .config import TrainConfig
 from .distributed import init_from_env
@@ -111,12 +112,14 @@ class Run:
         return f"{self.model.describe()} on {self.data_spec.source} ({self.data_spec.preprocessing})"
 
     def sample(self, n: int, y=None) -> torch.Tensor:
-        """n samples in input space; a prior over a VQ-VAE's codes has them decoded."""
+        """n samples in input space (a VQPrior decodes its code grids itself)."""
         if not isinstance(self.model, SamplesFromPrior):
             raise ConfigError(f"{self.describe()} has no prior to sample from")
         x = self.model.sample(n, y=y)
-        if self.config.get("prior_of"):
-            if getattr(self, "_decoder", None) is None:    # the VQ-VAE, loaded once, beside the prior
+        if self.config.get("prior_of") and not isinstance(self.model, VQPrior):
+            # a prior run written before VQPrior: a bare PixelCNN over codes, decoded by the
+            # VQ-VAE in the folder its config names (loaded once)
+            if getattr(self, "_decoder", None) is None:
                 self._decoder = load_run(self.config["prior_of"],
                                          map_location=str(next(self.model.parameters()).device)).model
             x = self._decoder.decode_codes(x[:, 0])
