@@ -135,7 +135,7 @@ class Run:
 def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, Any]:
     return {"zspace_version": __version__,
             "model": {"name": model.name, "config": model.config.to_dict(),
-                      "custom_networks": bool(getattr(model, "custom_networks", False))},
+                      "custom_networks": bool(model.custom_networks)},
             "data": data.to_dict(), "train": train.to_dict(),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "threads": torch.get_num_threads()},
