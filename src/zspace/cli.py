@@ -63,7 +63,18 @@ def _given(ns: argparse.Namespace, cls, skip=()) -> dict:
             if f.name not in skip and getattr(ns, f.name, None) is not None}
 
 
+def _add_image_flags(p: argparse.ArgumentParser, channels_flag: str = "--channels") -> None:
+    """Image-decoding flags; ``train`` names the colour flag --image-channels, since conv models
+    already have --channels (their widths)."""
+    p.add_argument("--image-size", type=int, help="images: resize (after a central square crop) to this side")
+    p.add_argument(channels_flag, dest="image_channels", type=int, choices=(1, 3),
+                   help="images: 1 grey or 3 RGB (default: the first image's)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="images: leave out files that do not decode (counted) instead of stopping")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .data.sources import NAMED_DATASETS
     from .data.transforms import PREPROCESSING
     from .models import MODELS
     from .training import TrainConfig
@@ -79,12 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         m = models.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0],
                               description=f"Train a {name} model. Flags default to the config's values.")
         m.add_argument("--data", default=None,
-                       help="fashion-mnist, mnist, digits, or a .npy/.npz/.csv/IDX file (default: fashion-mnist)")
+                       help="a named set (" + ", ".join(NAMED_DATASETS) + ") or a path: .npy (memory-mapped), "
+                       ".npz, .csv, IDX, a shard store, a folder or .zip of images (default: fashion-mnist)")
         m.add_argument("--preprocess", choices=PREPROCESSING, default=None,
                        help="default: dynamic-binarize for a Bernoulli VAE, scale otherwise")
         m.add_argument("--test-fraction", type=float, default=0.1,
                        help="share held out as test split when a file has none (default 0.1)")
         m.add_argument("--label-column", help="CSV column (name or index) holding labels")
+        _add_image_flags(m, "--image-channels")
         m.add_argument("--out", type=Path, help="run folder to create")
         m.add_argument("--resume", type=Path, metavar="RUN", help="continue this run from its latest checkpoint")
         m.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
@@ -246,6 +259,27 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--label-column", help="CSV column holding labels (reported, and AUROC if they are 0/1)")
     ds.add_argument("--out", type=Path, required=True, help=".csv: row, score, outlier (0/1)[, label]")
 
+    da = sub.add_parser("data", help="inspect a data source, or pack it into shard stores")
+    dkind = da.add_subparsers(dest="kind", required=True, parser_class=_Parser)
+    for verb, text in (("info", "count, shape, dtype, classes and statistics, computed streaming"),
+                       ("pack", "convert a source (images, arrays, a named set) into OUT/train and "
+                                "OUT/test shard stores, read fast by later runs")):
+        d = dkind.add_parser(verb, help=text, description=text)
+        d.add_argument("source", help="a named set (" + ", ".join(NAMED_DATASETS) + ") or a path: "
+                       ".npy/.npz/.csv/IDX file, shard store, folder or .zip of images")
+        if verb == "pack":
+            d.add_argument("out", type=Path, help="folder to create (an interrupted pack resumes)")
+            d.add_argument("--rows-per-shard", type=int, default=65536)
+            d.add_argument("--dtype", choices=("uint8", "float16", "bfloat16", "float32"),
+                           help="stored dtype (default: uint8 for 8-bit images, else float32)")
+        else:
+            d.add_argument("--split", choices=("train", "test", "all"), help="default: both splits")
+            d.add_argument("--verify", action="store_true", help="also check a shard store's checksums")
+        _add_image_flags(d)
+        d.add_argument("--test-fraction", type=float, default=0.1,
+                       help="share held out as test split when the source has none (default 0.1)")
+        d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
     de.add_argument("--out", type=Path, default=Path("runs/demo"))
     de.add_argument("--epochs", type=int, default=30)
@@ -298,7 +332,8 @@ def cmd_train(a) -> None:
     train_opts = _given(a, TrainConfig)
     if a.resume is not None:
         extra = set(model_opts) | (set(train_opts) - {"epochs", "steps"})
-        extra |= {k for k in ("data", "preprocess", "out", "label_column") if getattr(a, k) is not None}
+        extra |= {k for k in ("data", "preprocess", "out", "label_column", "image_size", "image_channels")
+                  if getattr(a, k) is not None} | ({"skip_bad"} if a.skip_bad else set())
         extra |= {"overwrite"} if a.overwrite else set()
         if extra:
             raise ConfigError(f"--resume continues a run with its stored config; only --epochs/--steps "
@@ -317,7 +352,8 @@ def cmd_train(a) -> None:
         config = TrainConfig(**train_opts)
         run = train(a.model, a.data or "fashion-mnist", out=a.out, preprocessing=a.preprocess, config=config,
                     progress=not a.no_progress, overwrite=a.overwrite, test_fraction=a.test_fraction,
-                    label_column=a.label_column, **model_opts)
+                    label_column=a.label_column, image_size=a.image_size, image_channels=a.image_channels,
+                    skip_bad=a.skip_bad, **model_opts)
     from .training.launch import is_main_process
 
     if not is_main_process():   # under torchrun rank 0 alone reports
@@ -582,7 +618,39 @@ def cmd_demo(a) -> None:
     run_demo(a.out, epochs=a.epochs, nll_samples=a.nll_samples, data=a.data)
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+def cmd_data(a) -> None:
+    from .data import load_dataset
+    from .data.info import pack, split_stats
+    from .data.shards import ShardStore, is_store
+
+    if a.image_size is not None and a.image_size < 1:
+        raise ConfigError(f"--image-size must be at least 1, got {a.image_size}")
+    splits = load_dataset(a.source, test_fraction=a.test_fraction, image_size=a.image_size,
+                          channels=a.image_channels, skip_bad=a.skip_bad)
+    if a.kind == "pack":
+        if a.rows_per_shard < 1:
+            raise ConfigError(f"--rows-per-shard must be at least 1, got {a.rows_per_shard}")
+        stores = pack(splits, a.out, rows_per_shard=a.rows_per_shard, dtype=a.dtype, progress=not a.no_progress)
+        for name, store in stores.items():
+            print(f"{name}: {len(store)} examples of shape {store.example_shape} in "
+                  f"{len(store.manifest['shards'])} shard(s), {a.out / name}")
+        print(f"train with: --data {a.out}")
+        return
+    if a.verify:
+        path = Path(a.source)
+        stores = [path] if is_store(path) else [path / s for s in ("train", "test") if is_store(path / s)]
+        if not stores:
+            raise ConfigError(f"--verify checks shard stores; {a.source} is not one")
+        for p in stores:
+            ShardStore(p).verify()
+            print(f"{p}: every shard matches its checksum")
+    print(f"{splits.name} ({splits.source})")
+    for name in ([a.split] if a.split else ["train", "test"]):
+        for line in split_stats(splits.split(name), progress=not a.no_progress).lines():
+            print(line)
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
             "reconstruct": cmd_reconstruct, "encode": cmd_encode, "denoise": cmd_denoise,
             "compare": cmd_compare, "report": cmd_report, "scorecard": cmd_scorecard, "explore": cmd_explore, "detect": cmd_detect, "demo": cmd_demo}
 

@@ -159,8 +159,8 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
     def check_data(self, data) -> None:
         """8-bit heads need integer values below ``levels``."""
         c = self.config
-        if c.head != "bernoulli" and data.is_8bit and int(data.x.max()) >= c.levels:
-            raise DataError(f"{data.name}: values up to {int(data.x.max())} but the categorical head has "
+        if c.head != "bernoulli" and data.is_8bit and c.levels < 256 and int(data.sampled_range()[1]) >= c.levels:
+            raise DataError(f"{data.name}: values up to {int(data.sampled_range()[1])} but the categorical head has "
                             f"{c.levels} levels (--levels)")
 
     @property

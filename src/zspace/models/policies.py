@@ -48,7 +48,8 @@ def default_preprocessing(integer_inputs: bool, likelihood: str | None, data) ->
     if integer_inputs:
         return "uint8"
     if not data.is_8bit:
-        return "none" if float(np.min(data.x)) < 0 or float(np.max(data.x)) > 1 else "scale"
+        lo, hi = data.sampled_range()
+        return "none" if lo < 0 or hi > 1 else "scale"
     if likelihood == "bernoulli":
         return "dynamic-binarize"
     return "scale"

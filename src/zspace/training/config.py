@@ -28,6 +28,7 @@ class TrainConfig(ModelConfig):
     eval_every: int = 1               # epochs between evaluations on the test split
     eval_limit: int | None = None     # examples used by the per-epoch evaluation (None: all)
     threads: int | None = None        # torch intra-op threads (None: torch's default)
+    workers: int = 0                  # loader processes reading/decoding batches (same batches as 0)
     device: str = "cpu"
     optimizer: str = "adam"           # adam (L2 weight decay), adamw (decoupled), sgd
     momentum: float = 0.9             # sgd only
@@ -64,6 +65,7 @@ class TrainConfig(ModelConfig):
             check_positive_int("eval_limit", self.eval_limit)
         if self.threads is not None:
             check_positive_int("threads", self.threads)
+        check_positive_int("workers", self.workers, minimum=0)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:

@@ -40,10 +40,14 @@ class DataSpec(ModelConfig):
     test_fraction: float = 0.1        # held out when a file has no test split
     split_seed: int = 0
     label_column: str | None = None   # CSV column holding labels
+    image_size: int | None = None     # images decoded from files: resized to this side
+    image_channels: int | None = None  # images: 1 grey or 3 RGB (None: as stored)
+    skip_bad: bool = False            # images: leave out files that do not decode
 
     def load(self) -> DataSplits:
         return load_dataset(self.source, test_fraction=self.test_fraction, seed=self.split_seed,
-                            label_column=self.label_column)
+                            label_column=self.label_column, image_size=self.image_size,
+                            channels=self.image_channels, skip_bad=self.skip_bad)
 
     def preprocess(self) -> Preprocessing:
         return Preprocessing(self.preprocessing, self.static_seed)
@@ -146,16 +150,19 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
           preprocessing: str | None = None, config: TrainConfig | None = None,
           progress: bool = True, figures: bool = True, overwrite: bool = False,
           on_epoch_end=None, test_fraction: float = 0.1, label_column: str | None = None,
-          callbacks=(), **model_options) -> Run:
+          callbacks=(), image_size: int | None = None, image_channels: int | None = None,
+          skip_bad: bool = False, **model_options) -> Run:
     """Trains a model and returns the opened run.
 
     ``model`` is a registered name ('vae', 'ae') with ``model_options`` for its config,
     or a built Model. ``data`` is a named set, a file path or DataSplits; a file without
-    its own test split has ``test_fraction`` held out; ``label_column`` names a CSV's labels.
-    Under torchrun every rank calls this; rank 0 alone writes the run folder.
+    its own test split has ``test_fraction`` held out; ``label_column`` names a CSV's labels;
+    ``image_size``, ``image_channels`` (1 or 3) and ``skip_bad`` apply to images decoded from
+    files. Under torchrun every rank calls this; rank 0 alone writes the run folder.
     """
     config = config or TrainConfig()
-    splits = load_dataset(data, test_fraction=test_fraction, label_column=label_column)
+    splits = load_dataset(data, test_fraction=test_fraction, label_column=label_column,
+                          image_size=image_size, channels=image_channels, skip_bad=skip_bad)
     source = splits.source or f"<in-memory {splits.name}>"
     torch.manual_seed(config.seed)  # fixes the initial weights too
     if isinstance(model, str):
@@ -171,7 +178,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     pre = preprocessing or built.default_preprocessing(splits.train)   # the model's own policies
     built.check_preprocessing(pre)
     spec = DataSpec(source=str(source), preprocessing=pre, test_fraction=test_fraction,
-                    label_column=label_column)
+                    label_column=label_column, image_size=image_size, image_channels=image_channels,
+                    skip_bad=skip_bad)
     run_dir = Path(out) if out is not None else None
     dist = init_from_env(config.torch_device())
     if run_dir is not None:

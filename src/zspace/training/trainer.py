@@ -180,7 +180,8 @@ class Trainer:
         self.amp_dtype = self._amp_dtype()
         self.model.to(self.device)
         self.train_loader = BatchLoader(train, config.batch_size // ws, preprocessing, shuffle=True,
-                                        seed=config.seed, rank=rank, world_size=ws)
+                                        seed=config.seed, rank=rank, world_size=ws, workers=config.workers,
+                                        pin_memory=self.device.type == "cuda")
         self.test_loader = None
         if test is not None:
             if config.eval_limit:
