@@ -18,6 +18,7 @@ LAYERS = [
     ("models", ("zspace.models",)),
     ("training", ("zspace.training",)),
     ("evaluation/explore", ("zspace.evaluation", "zspace.explore")),
+    ("sae", ("zspace.sae",)),          # language models, hooks, harvesting: only tasks and the CLI import it
     ("tasks", ("zspace.tasks",)),
     ("report", ("zspace.report",)),
     ("applications", ("zspace.scorecard", "zspace.demo", "zspace.detect", "zspace.prior", "zspace.compare",
