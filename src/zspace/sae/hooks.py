@@ -232,19 +232,26 @@ def _row_batches(lm, hook, documents, *, context, batch_size, exclude_special, s
 
     def run(batch):
         ids, mask = lm.batch([w for _, _, w, _, _, _ in batch])
-        a = activations(lm, hook, ids, mask)
-        out_a, tok, doc, pos = [], [], [], []
+        a = activations(lm, hook, ids, mask)                             # (B, T, d)
+        T = ids.shape[1]
+        flat, doc, pos = [], [], []
         for b, (d, s, w, rows, lo, hi) in enumerate(batch):
-            sel = list(rows)[lo:hi]
-            x = a[b, sel]
-            if not torch.isfinite(x).all():
-                raise DataError(f"hook {hook!r}: non-finite activations (NaN/Inf) in document {d}; "
-                                "check the model's weights and inputs")
-            out_a.append(x)
-            tok += [w[j] for j in sel]
-            doc += [d] * len(sel)
-            pos += [pos_of(s, j, len(w)) for j in sel]
-        return (torch.cat(out_a), np.asarray(tok, np.int32), np.asarray(doc, np.int64), np.asarray(pos, np.int32))
+            j = np.arange(rows.start, rows.stop)[lo:hi]                  # window positions of the rows
+            p = s + j - n_pre
+            p[(j < n_pre) | (j >= len(w) - len(lm.suffix))] = -1
+            flat.append(b * T + j)
+            doc.append(np.full(len(j), d, np.int64))
+            pos.append(p)
+        flat = np.concatenate(flat)
+        x = a.reshape(-1, a.shape[-1])[torch.from_numpy(flat)]
+        doc = np.concatenate(doc)
+        finite = torch.isfinite(x).all(-1)
+        if not finite.all():
+            first = int(doc[int((~finite).nonzero()[0, 0])])
+            raise DataError(f"hook {hook!r}: non-finite activations (NaN/Inf) in document {first}; "
+                            "check the model's weights and inputs")
+        tok = ids.reshape(-1)[torch.from_numpy(flat)].numpy().astype(np.int32)
+        return x, tok, doc, np.concatenate(pos).astype(np.int32)
 
     for d, s, w, rows in _windows(lm, documents, context, exclude_special):
         n = len(rows)
@@ -254,11 +261,11 @@ def _row_batches(lm, hook, documents, *, context, batch_size, exclude_special, s
         lo = max(0, skip_rows - g)
         if lo >= hi:                                      # stored already
             if on_window and lo > 0 and hi > 0:
-                j = list(rows)[hi - 1]
+                j = rows[hi - 1]
                 on_window(d, (d, pos_of(s, j, len(w))))
         else:
             if on_window and lo > 0:
-                j = list(rows)[lo - 1]
+                j = rows[lo - 1]
                 on_window(d, (d, pos_of(s, j, len(w))))
             pending.append((d, s, w, rows, lo, hi))
             if len(pending) == batch_size:

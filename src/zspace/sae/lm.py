@@ -368,7 +368,7 @@ def _hf_folder(folder: Path, name: str) -> LanguageModel:
         raise DataError(f"{folder}: not a loadable Hugging Face model folder ({str(e).splitlines()[0]})") from None
     causal = any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in (config.architectures or []))
     cls = AutoModelForCausalLM if causal else AutoModel
-    model = cls.from_pretrained(folder, local_files_only=True, dtype=torch.float32).float().eval()
+    model = cls.from_pretrained(folder, local_files_only=True).float().eval()
     if causal:
         bos = tok.bos_token_id
         prefix, suffix = ((bos,) if bos is not None else ()), ()
