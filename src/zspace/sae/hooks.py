@@ -172,7 +172,7 @@ def activations(lm: LanguageModel, hook: str, ids: torch.Tensor, mask: torch.Ten
     was = lm.model.training
     lm.model.eval()
     try:
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(lm.device.type, enabled=False):
             lm.forward(ids, mask)
     except _StopForward:
         pass
@@ -216,68 +216,70 @@ def _check_context(lm: LanguageModel, context: int) -> None:
         raise ConfigError(f"context {context} exceeds {lm.name}'s {lm.max_length} positions")
 
 
-def _row_batches(lm, hook, documents, *, context, batch_size, exclude_special, skip_rows=0, max_rows=None,
-                 on_window=None):
-    """Yields (acts (n, d) float32 tensor, token, doc, pos) for the rows after the first ``skip_rows``.
+SORT_BATCHES = 4      # windows of this many batches are run sorted by length (less padding), rows kept in order
 
-    Also returns, via ``on_window(doc, last_skipped)`` calls, progress and the (doc, pos) of the
-    last skipped row so a resumed harvest can check it continues the same stream.
+
+def _row_batches(lm, hook, documents, *, context, batch_size, exclude_special, skip_rows=0, max_rows=None,
+                 state=None):
+    """Yields (acts (n, d) float32 tensor, token, doc, pos) for the rows after the first ``skip_rows``,
+    in document order.
+
+    ``state`` (a dict) receives ``last_skipped``, the (doc, pos) of the last skipped row, so a
+    resumed harvest can check it continues the same stream. Windows are run ``batch_size`` at a time, grouped by length.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    g, pending, n_pre = 0, [], len(lm.prefix)
+    state = {} if state is None else state
+    n_pre, n_suf = len(lm.prefix), len(lm.suffix)
 
-    def pos_of(start, j, window_len):
-        return start + j - n_pre if n_pre <= j < window_len - len(lm.suffix) else -1
+    def row_info(d, s, w, rows, lo, hi):
+        j = np.arange(rows.start, rows.stop)[lo:hi]                      # window positions of the rows
+        p = s + j - n_pre
+        p[(j < n_pre) | (j >= len(w) - n_suf)] = -1
+        return j, p
 
-    def run(batch):
-        ids, mask = lm.batch([w for _, _, w, _, _, _ in batch])
-        a = activations(lm, hook, ids, mask)                             # (B, T, d)
-        T = ids.shape[1]
-        flat, doc, pos = [], [], []
-        for b, (d, s, w, rows, lo, hi) in enumerate(batch):
-            j = np.arange(rows.start, rows.stop)[lo:hi]                  # window positions of the rows
-            p = s + j - n_pre
-            p[(j < n_pre) | (j >= len(w) - len(lm.suffix))] = -1
-            flat.append(b * T + j)
-            doc.append(np.full(len(j), d, np.int64))
-            pos.append(p)
-        flat = np.concatenate(flat)
-        x = a.reshape(-1, a.shape[-1])[torch.from_numpy(flat)]
-        doc = np.concatenate(doc)
+    def run(chunk):
+        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i][2]))
+        per = [None] * len(chunk)
+        for k in range(0, len(order), batch_size):
+            sub = order[k:k + batch_size]
+            ids, mask = lm.batch([chunk[i][2] for i in sub])
+            a = activations(lm, hook, ids, mask).cpu()                      # (B, T, d)
+            infos = [row_info(*chunk[i]) for i in sub]
+            flat = np.concatenate([b * ids.shape[1] + j for b, (j, _) in enumerate(infos)])
+            x = a.reshape(-1, a.shape[-1])[torch.from_numpy(flat)]
+            for i, part in zip(sub, torch.split(x, [len(j) for j, _ in infos])):
+                per[i] = part
+        x = torch.cat(per)
+        infos = [row_info(*c) for c in chunk]
+        doc = np.concatenate([np.full(len(j), c[0], np.int64) for c, (j, _) in zip(chunk, infos)])
         finite = torch.isfinite(x).all(-1)
         if not finite.all():
             first = int(doc[int((~finite).nonzero()[0, 0])])
             raise DataError(f"hook {hook!r}: non-finite activations (NaN/Inf) in document {first}; "
                             "check the model's weights and inputs")
-        tok = ids.reshape(-1)[torch.from_numpy(flat)].numpy().astype(np.int32)
-        return x, tok, doc, np.concatenate(pos).astype(np.int32)
+        tok = np.concatenate([np.asarray(c[2], np.int32)[j] for c, (j, _) in zip(chunk, infos)])
+        pos = np.concatenate([p for _, p in infos]).astype(np.int32)
+        return x, tok, doc, pos
 
+    g, pending = 0, []
     for d, s, w, rows in _windows(lm, documents, context, exclude_special):
-        n = len(rows)
         if max_rows is not None and g >= max_rows:
             break
+        n = len(rows)
         hi = n if max_rows is None else min(n, max_rows - g)
         lo = max(0, skip_rows - g)
-        if lo >= hi:                                      # stored already
-            if on_window and lo > 0 and hi > 0:
-                j = rows[hi - 1]
-                on_window(d, (d, pos_of(s, j, len(w))))
-        else:
-            if on_window and lo > 0:
-                j = rows[lo - 1]
-                on_window(d, (d, pos_of(s, j, len(w))))
+        if lo > 0:                                                       # some or all rows stored already
+            j = rows[min(lo, hi) - 1]
+            state["last_skipped"] = (d, s + j - n_pre if n_pre <= j < len(w) - n_suf else -1)
+        if lo < hi:
             pending.append((d, s, w, rows, lo, hi))
-            if len(pending) == batch_size:
+            if len(pending) == batch_size * SORT_BATCHES:
                 yield run(pending)
                 pending = []
-                if on_window:
-                    on_window(d, None)
         g += hi
     if pending:
         yield run(pending)
-        if on_window:
-            on_window(len(documents), None)
 
 
 # --------------------------------------------------------------------------- harvest and stream
@@ -326,31 +328,26 @@ def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, bat
         writer = ShardWriter(out, (d,), dtype, columns={"token": "int32", "doc": "int64", "pos": "int32"},
                              rows_per_shard=rows_per_shard, metadata=meta)
     skip = writer.rows
-    last_skipped = {}
+    state = {}
     from tqdm.auto import tqdm
     bar = tqdm(total=len(documents), unit="doc", disable=not progress, desc=f"harvest {hook}")
-    done_docs, t0, n_new = [0], time.perf_counter(), 0
-
-    def on_window(doc, skipped):
-        if skipped is not None:
-            last_skipped["row"] = skipped
-        bar.update(max(0, doc - done_docs[0]))
-        done_docs[0] = max(done_docs[0], doc)
-
+    t0, n_new, checked = time.perf_counter(), 0, False
     try:
         for a, tok, doc, pos in _row_batches(lm, hook, documents, context=context, batch_size=batch_size,
                                              exclude_special=exclude_special, skip_rows=skip,
-                                             max_rows=max_tokens, on_window=on_window):
-            if skip and "checked" not in last_skipped:
-                _check_continues(out, skip, last_skipped.get("row"))
-                last_skipped["checked"] = True
+                                             max_rows=max_tokens, state=state):
+            if skip and not checked:
+                _check_continues(out, skip, state.get("last_skipped"))
+                checked = True
             x = a.numpy()
             if dtype == "float16" and np.abs(x).max() > 65504:
                 raise DataError(f"hook {hook!r}: activations up to {np.abs(x).max():.3g} overflow float16; "
                                 "harvest with dtype='bfloat16' or 'float32'")
             writer.append(x, token=tok, doc=doc, pos=pos)
             n_new += len(x)
+            bar.update(int(doc[-1]) - bar.n)
             bar.set_postfix(tokens=skip + n_new, tok_s=f"{n_new / max(time.perf_counter() - t0, 1e-9):.0f}")
+        bar.update(len(documents) - bar.n)
     finally:
         bar.close()
     total = skip + n_new

@@ -324,9 +324,15 @@ class LanguageModel:
             mask[b, :len(w)] = 1
         return ids, mask
 
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.model.parameters()), torch.zeros(0)).device
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor | None = None):
-        """The model's output for (B, T) ids (logits for causal models, the HF output otherwise)."""
-        out = self.model(input_ids=ids, attention_mask=mask)
+        """The model's output for (B, T) ids (logits for causal models, the HF output otherwise);
+        the inputs are moved to the model's device."""
+        dev = self.device
+        out = self.model(input_ids=ids.to(dev), attention_mask=None if mask is None else mask.to(dev))
         return out.logits if self.kind == "causal" and hasattr(out, "logits") else out
 
 
@@ -449,10 +455,10 @@ def sentence_embeddings(lm: LanguageModel, texts, *, batch_size: int = 32) -> to
                     for s in seqs]
         for i in range(0, len(seqs), batch_size):
             ids, mask = lm.batch(seqs[i:i + batch_size])
-            h = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state      # (B, T, d)
-            m = mask.unsqueeze(-1).to(h.dtype)
+            h = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).last_hidden_state
+            m = mask.to(h.device).unsqueeze(-1).to(h.dtype)                         # h: (B, T, d)
             mean = (h * m).sum(1) / m.sum(1).clamp_min(1e-9)
-            rows.append(torch.nn.functional.normalize(mean, dim=-1))
+            rows.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
     finally:
         lm.model.train(was)
     return torch.cat(rows) if rows else torch.zeros(0, lm.model.config.hidden_size)
