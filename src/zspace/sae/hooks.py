@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.shards import MANIFEST, ShardStore, ShardWriter, _write_json_atomic, is_store
 from ..errors import ConfigError, DataError
@@ -225,7 +226,8 @@ def _row_batches(lm, hook, documents, *, context, batch_size, exclude_special, s
     in document order.
 
     ``state`` (a dict) receives ``last_skipped``, the (doc, pos) of the last skipped row, so a
-    resumed harvest can check it continues the same stream. Windows are run ``batch_size`` at a time, grouped by length.
+    resumed harvest can check it continues the same stream. Windows are run ``batch_size`` at a
+    time, sorted by length within groups of ``SORT_BATCHES`` batches (less padding).
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -329,7 +331,6 @@ def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, bat
                              rows_per_shard=rows_per_shard, metadata=meta)
     skip = writer.rows
     state = {}
-    from tqdm.auto import tqdm
     bar = tqdm(total=len(documents), unit="doc", disable=not progress, desc=f"harvest {hook}")
     t0, n_new, checked = time.perf_counter(), 0, False
     try:
