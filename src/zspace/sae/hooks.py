@@ -286,7 +286,7 @@ def _row_batches(lm, hook, documents, *, context, batch_size, exclude_special, s
 
 # --------------------------------------------------------------------------- harvest and stream
 
-_CHECKED = ("model", "hook", "context", "corpus_sha256", "exclude_special", "max_tokens")
+_CHECKED = ("model", "module", "context", "corpus_sha256", "exclude_special", "max_tokens")   # aliases may differ
 
 
 def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, batch_size: int = 32,
