@@ -120,7 +120,7 @@ def test_tok512_round_trips_tinystories_and_matches_run_c(tok512):
     for line in lines:
         ids = tok512.encode(line, bos=True)
         assert ids[0] == 1 and tok512.decode(ids) == line
-    for line in lines[:20] + ["naïve café — 日本 ✓", "  two spaces\tand a tab"]:
+    for line in lines[:20] + ["naïve café — 日本 ✓", "  two spaces\tand a tab", "line one\n\nline two\n"]:
         assert tok512.encode(line) == _run_c_encode(tok512, line)
         assert tok512.decode(tok512.encode(line)) == line
     assert tok512.encode("") == []
