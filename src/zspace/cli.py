@@ -76,6 +76,7 @@ def _add_image_flags(p: argparse.ArgumentParser, channels_flag: str = "--channel
 def build_parser() -> argparse.ArgumentParser:
     from .data.sources import NAMED_DATASETS
     from .data.transforms import PREPROCESSING
+    from .models.sae import SAE_KINDS, SAEConfig
     from .models import MODELS
     from .training import TrainConfig
 
@@ -279,6 +280,45 @@ def build_parser() -> argparse.ArgumentParser:
         d.add_argument("--test-fraction", type=float, default=0.1,
                        help="share held out as test split when the source has none (default 0.1)")
         d.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sae = sub.add_parser("sae", help="sparse autoencoders on a transformer's activations: harvest, train, "
+                         "eval, browse, steer")
+    skind = sae.add_subparsers(dest="sae_command", required=True, parser_class=_Parser)
+    h = skind.add_parser("harvest", help="run a language model over a corpus and store a hook point's "
+                         "activations (one row per token) in a shard store")
+    h.add_argument("--model", required=True, help="stories260K (found in $ZSPACE_DATA/models), minilm, "
+                   "or a folder (llama2.c stories260K files or a Hugging Face model)")
+    h.add_argument("--hook", required=True, help="module path or alias: resid_post.L, mlp_out.L, attn_out.L")
+    h.add_argument("--corpus", required=True, type=Path, help="UTF-8 text file (documents split on "
+                   "<|endoftext|> or blank lines)")
+    h.add_argument("--out", required=True, type=Path, help="shard store folder to create (or continue)")
+    h.add_argument("--context", type=int, default=128, help="tokens per window (default 128)")
+    h.add_argument("--max-tokens", type=int, help="stop after this many rows")
+    h.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    h.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    h.add_argument("--keep-special", action="store_true", help="also store BOS/CLS/SEP positions")
+    h.add_argument("--resume", action="store_true", help="continue an interrupted harvest into --out")
+    h.add_argument("--no-progress", action="store_true")
+    t = skind.add_parser("train", help="train a sparse autoencoder on a harvested store")
+    t.add_argument("store", type=Path, help="shard store of activations")
+    t.add_argument("--out", required=True, type=Path, help="run folder to create")
+    t.add_argument("--kind", default="topk", choices=SAE_KINDS)
+    t.add_argument("--expansion", type=int, default=8, help="width = expansion x d (default 8)")
+    t.add_argument("--width", type=int, help="number of features (overrides --expansion)")
+    t.add_argument("-k", type=int, default=32, help="topk/batchtopk: active features per token (default 32)")
+    t.add_argument("--test-fraction", type=float, default=0.01)
+    t.add_argument("--overwrite", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    _add_config_flags(t, SAEConfig, skip=("input_shape", "width", "kind", "k"), title="SAE options")
+    _add_config_flags(t, TrainConfig, title="training options")
+    e = skind.add_parser("eval", help="FVU, L0, dead fraction, density histogram; with --corpus the "
+                         "splice fidelity (CE loss recovered and KL, or MiniLM embedding agreement)")
+    e.add_argument("run", type=Path)
+    e.add_argument("--corpus", type=Path, help="text to splice the reconstruction into the model on")
+    e.add_argument("--model", help="the language model (default: the one named in the store)")
+    e.add_argument("--limit", type=int, default=200_000, help="held-out rows evaluated (default 200000)")
+    e.add_argument("--fidelity-tokens", type=int, default=20_000)
+    e.add_argument("--json", type=Path, help="also write the results here")
 
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
     de.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -650,7 +690,54 @@ def cmd_data(a) -> None:
             print(line)
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+def cmd_sae(a) -> None:
+    from . import sae
+
+    if a.sae_command == "harvest":
+        lm = sae.load_language_model(a.model)
+        store = sae.harvest(lm, a.hook, a.corpus, a.out, context=a.context, batch_size=a.batch_size,
+                            max_tokens=a.max_tokens, dtype=a.dtype, exclude_special=not a.keep_special,
+                            progress=not a.no_progress, resume=a.resume)
+        print(f"{len(store)} activation rows of {store.example_shape[0]} dims from {a.hook} of {lm.name} "
+              f"in {a.out} ({store.metadata.get('tokens_per_s', '?')} tokens/s)")
+        return
+    if a.sae_command == "train":
+        from .models.sae import SAEConfig
+        from .training import TrainConfig
+
+        opts = _given(a, SAEConfig, skip=("input_shape", "width", "kind", "k"))
+        train_opts = _given(a, TrainConfig)
+        train_opts.setdefault("epochs", 1)
+        train_opts.setdefault("batch_size", 4096)
+        train_opts.setdefault("lr_schedule", "constant")
+        train_opts.setdefault("lr", 2e-4 if a.kind == "relu" else 1e-3)
+        if a.expansion < 1:
+            raise ConfigError(f"--expansion must be at least 1, got {a.expansion}")
+        run = sae.train_sae(a.store, a.out, kind=a.kind, width=a.width, expansion=a.expansion, k=a.k,
+                            config=TrainConfig(**train_opts), test_fraction=a.test_fraction,
+                            progress=not a.no_progress, overwrite=a.overwrite, **opts)
+        last = run.history()[-1]
+        print(f"trained {run.model.describe()}: step {last['step']}, test FVU {last.get('test_fvu', float('nan')):.4f}, "
+              f"L0 {last.get('test_l0', float('nan')):.1f}, {last['wall_seconds']:.0f} s")
+        print(f"run folder: {run.path}")
+        return
+    if a.sae_command == "eval":
+        texts = sae.read_corpus(a.corpus) if a.corpus else None
+        lm = sae.load_language_model(a.model) if a.model else None
+        ev = sae.evaluate_sae(a.run, lm=lm, texts=texts, limit=a.limit, fidelity_tokens=a.fidelity_tokens)
+        print(f"{ev.tokens} held-out tokens: FVU {ev.fvu:.4f}, L0 {ev.l0:.2f}, dead {100 * ev.dead_fraction:.2f}% "
+              f"(no firing in {ev.tokens} tokens)")
+        for k, v in ev.fidelity.items():
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+        if a.json:
+            from .core.io import write_json_atomic
+
+            write_json_atomic(a.json, ev.as_dict())
+        return
+    raise ConfigError(f"unknown sae command {a.sae_command!r}")
+
+
+COMMANDS = {"sae": cmd_sae, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
             "reconstruct": cmd_reconstruct, "encode": cmd_encode, "denoise": cmd_denoise,
             "compare": cmd_compare, "report": cmd_report, "scorecard": cmd_scorecard, "explore": cmd_explore, "detect": cmd_detect, "demo": cmd_demo}
 

@@ -5,12 +5,14 @@ from .capabilities import (Conditional, ContinuousCode, DiscreteCodes, ExactLike
                            LatentVariableModel, Reconstructs, SamplesFromPrior, capabilities_of)
 from .losses import Losses, Statistic
 from .pixelcnn import GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig
+from .sae import SAEConfig, SparseAutoencoder
 from .vae import CVAE, VAE, CVAEConfig, VAEConfig
 from .vqprior import VQPrior, VQPriorConfig
 from .vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["Autoencoder", "AutoencoderConfig", "VAE", "VAEConfig", "CVAE", "CVAEConfig", "PixelCNN", "PixelCNNConfig",
            "GatedPixelCNN", "GatedPixelCNNConfig", "VQVAE", "VQVAEConfig", "VQPrior", "VQPriorConfig",
+           "SparseAutoencoder", "SAEConfig",
            "MODELS", "Losses", "Statistic", "Model", "build_model",
            "Conditional", "ContinuousCode", "DiscreteCodes", "ExactLikelihood", "ImportanceSampledLikelihood",
            "LatentVariableModel", "Reconstructs", "SamplesFromPrior", "capabilities_of"]

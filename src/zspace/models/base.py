@@ -90,6 +90,11 @@ class Model(nn.Module):
         """Raises DataError if ``data`` (ArrayData) cannot feed this model beyond its shape
         (a conditional model needs labels, for instance). Called before training and use."""
 
+    def training_callbacks(self) -> list:
+        """Trainer callbacks the model needs while it trains (e.g. a sparse autoencoder's
+        decoder-norm projection after every step); the trainer adds them to the user's."""
+        return []
+
     def describe(self) -> str:
         return self.name
 

@@ -160,7 +160,8 @@ class Trainer:
                  callbacks: Sequence[Callback] = (), dist: Dist | None = None):
         self.model, self.config, self.pre = model, config, preprocessing
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.on_epoch_end, self.callbacks = on_epoch_end, list(callbacks)
+        self.on_epoch_end = on_epoch_end
+        self.callbacks = [*model.training_callbacks(), *callbacks]
         if config.threads:
             torch.set_num_threads(config.threads)
         if tuple(train.example_shape) != tuple(model.config.input_shape):

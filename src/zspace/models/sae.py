@@ -1,0 +1,343 @@
+"""Sparse autoencoders: an overcomplete dictionary of features read off another network.
+
+x (B, d) is an activation vector (a transformer's residual stream, say). With the input
+scaled by a fixed ``scale`` (so that E||x||^2 = d, fitted once from data) and b_dec the
+decoder bias:
+
+    pre   = (x * scale - b_dec) W_enc + b_enc          # (B, width)
+    f     = sparse(pre)                                 # the feature activations, >= 0
+    x_hat = (f W_dec + b_dec) / scale                   # W_dec: (width, d), rows = features
+
+``kind`` chooses ``sparse`` and the sparsity mechanism:
+
+* ``relu``: f = ReLU(pre), penalty lambda * sum_i f_i ||W_dec,i|| (the L1 weighted by
+  decoder norms of Anthropic's April 2024 update; no norm constraint is then needed).
+* ``topk``: the k largest ReLU(pre) per example (Gao et al. 2024); decoder rows unit norm.
+* ``batchtopk``: the k * B largest over the whole batch (Bussmann et al. 2024), so examples
+  share a budget of k on average; at evaluation a threshold learned as the running mean of
+  the smallest kept activation replaces the batch rule, so each example stands alone.
+* ``jumprelu``: f = pre * H(pre - theta) with a learned threshold per feature, trained with
+  straight-through gradients through a rectangle kernel of ``bandwidth`` and an L0 penalty
+  (Rajamanoharan et al. 2024).
+
+Standard practice, all on by default: b_dec at the geometric median of a data sample (and
+the input scale from it, ``init_from_data``); W_enc initialised as W_dec's transpose; unit-norm
+decoder rows for topk/batchtopk/jumprelu, kept by removing the gradient's component along each
+row and renormalising after every step (``training_callbacks``); the aux-k loss (Gao et al.
+2024): the ``aux_k`` largest pre-activations of latents that have not fired for ``dead_tokens``
+tokens reconstruct the residual, weighted ``aux_weight``. Features are decoded sparsely
+(``embedding_bag`` over the active indices) when k is small against the width.
+
+Per-example terms: ``mse`` (squared error per dimension, normalised space), ``l0`` (active
+features), ``sparsity`` (the penalty); batch statistic ``fvu`` (fraction of variance
+unexplained: squared error over the variance about the batch-accumulated mean, exact over
+batches and ranks). ``dead_fraction`` reads the firing tracker.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, DataError
+from .base import Losses, Model, ModelConfig, Statistic, check_positive, check_positive_int, register
+from .capabilities import ContinuousCode, Reconstructs
+
+SAE_KINDS = ("relu", "topk", "batchtopk", "jumprelu")
+
+
+@dataclass(frozen=True)
+class SAEConfig(ModelConfig):
+    input_shape: tuple[int, ...] = (64,)   # activation vectors; any shape is flattened to d
+    width: int = 512                       # features in the dictionary (e.g. 8x or 32x d)
+    kind: str = "topk"                     # relu | topk | batchtopk | jumprelu
+    k: int = 32                            # topk: active features per example; batchtopk: on average
+    sparsity_weight: float = 5.0           # relu: lambda of the norm-weighted L1; jumprelu: of L0
+    jump_threshold: float = 0.1            # jumprelu: initial theta (normalised units)
+    bandwidth: float = 0.05                # jumprelu: straight-through kernel width
+    aux_k: int = 256                       # aux-k latents for dead features (0: off)
+    aux_weight: float = 1 / 32             # Gao et al.'s alpha
+    dead_tokens: int = 1_000_000           # a feature silent this many tokens is dead
+    unit_norm_decoder: bool | None = None  # None: on for topk, batchtopk, jumprelu
+    threshold_momentum: float = 0.99       # batchtopk's running evaluation threshold
+
+    def __post_init__(self):
+        if self.kind not in SAE_KINDS:
+            raise ConfigError(f"unknown SAE kind {self.kind!r}; choose one of {', '.join(SAE_KINDS)}")
+        if not self.input_shape or any(int(s) < 1 for s in self.input_shape):
+            raise ConfigError(f"input_shape must be positive sizes, got {self.input_shape}")
+        check_positive_int("width", self.width)
+        if self.kind in ("topk", "batchtopk"):
+            check_positive_int("k", self.k)
+            if self.k > self.width:
+                raise ConfigError(f"k = {self.k} is more than the width ({self.width} features)")
+        check_positive_int("aux_k", self.aux_k, minimum=0)
+        check_positive_int("dead_tokens", self.dead_tokens)
+        for name in ("jump_threshold", "bandwidth", "aux_weight"):
+            check_positive(name, getattr(self, name))
+        if not (math.isfinite(self.sparsity_weight) and self.sparsity_weight >= 0):
+            raise ConfigError(f"sparsity_weight must be >= 0, got {self.sparsity_weight}")
+        if not 0 < self.threshold_momentum < 1:
+            raise ConfigError(f"threshold_momentum must be in (0, 1), got {self.threshold_momentum}")
+
+    @property
+    def d(self) -> int:
+        return int(math.prod(self.input_shape))
+
+    @property
+    def unit_norm(self) -> bool:
+        return self.kind != "relu" if self.unit_norm_decoder is None else bool(self.unit_norm_decoder)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """pre * H(pre - theta): the exact value forward; backward passes the gradient to pre where
+    the unit is on and to theta through a rectangle kernel of width ``bandwidth``."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > theta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((pre - theta).abs() < eps / 2).to(grad.dtype) / eps
+        g_theta = -(theta * near * grad).sum(0)
+        return grad * (pre > theta), g_theta, None
+
+
+class _Heaviside(torch.autograd.Function):
+    """H(pre - theta) with the same straight-through kernel (for the L0 penalty)."""
+
+    @staticmethod
+    def forward(ctx, pre, theta, bandwidth):
+        ctx.save_for_backward(pre, theta)
+        ctx.bandwidth = bandwidth
+        return (pre > theta).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pre, theta = ctx.saved_tensors
+        eps = ctx.bandwidth
+        near = ((pre - theta).abs() < eps / 2).to(grad.dtype) / eps
+        return None, -(near * grad).sum(0), None
+
+
+def geometric_median(x: torch.Tensor, iterations: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to rows of x."""
+    m = x.mean(0)
+    for _ in range(iterations):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-8)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - m).norm() <= tol * (m.norm() + 1e-12):
+            return new
+        m = new
+    return m
+
+
+@register
+class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
+    """Sparse autoencoder (relu, topk, batchtopk, jumprelu) over activation vectors."""
+
+    name = "sae"
+    config_class = SAEConfig
+
+    def __init__(self, config: SAEConfig):
+        super().__init__(config)
+        d, n = config.d, config.width
+        w = torch.randn(n, d)
+        w = w / w.norm(dim=1, keepdim=True) * (1.0 if config.unit_norm else 0.1)
+        self.W_dec = nn.Parameter(w)                      # (width, d): one row per feature
+        self.W_enc = nn.Parameter(w.t().clone())          # (d, width): the decoder's transpose
+        self.b_enc = nn.Parameter(torch.zeros(n))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        if config.kind == "jumprelu":
+            self.log_theta = nn.Parameter(torch.full((n,), math.log(config.jump_threshold)))
+        self.register_buffer("scale", torch.ones(()))      # input normalisation (init_from_data)
+        self.register_buffer("threshold", torch.zeros(()))  # batchtopk's evaluation threshold
+        self.register_buffer("silent_tokens", torch.zeros(n, dtype=torch.long))  # since last firing
+        if config.unit_norm:
+            self.W_dec.register_hook(self._orthogonal_gradient)
+
+    # ---- set-up ----------------------------------------------------------------------------
+    @property
+    def code_dim(self) -> int:
+        return int(self.config.width)
+
+    def default_preprocessing(self, data) -> str:
+        return "none"
+
+    def check_preprocessing(self, preprocessing: str) -> None:
+        if preprocessing not in ("none", "scale"):
+            raise ConfigError(f"a sparse autoencoder reads real-valued activations as they are: "
+                              f"preprocessing must be 'none', not {preprocessing!r}")
+
+    def likelihood_meaning(self, preprocessing):
+        from .policies import LikelihoodMeaning
+
+        return LikelihoodMeaning("not a likelihood", 0.0, "a sparse autoencoder has no likelihood")
+
+    def check_data(self, data) -> None:
+        if data.is_8bit:
+            raise DataError(f"{data.name}: 8-bit data; a sparse autoencoder reads real-valued activations")
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> None:
+        """Input scale so that E||x||^2 = d, and b_dec at the geometric median (normalised space)."""
+        x = x.reshape(len(x), -1).float()
+        if not torch.isfinite(x).all():
+            raise DataError("activations contain NaN or infinite values")
+        mean_sq = x.pow(2).sum(1).mean()
+        if mean_sq <= 0:
+            raise DataError("activations are all zero; nothing to learn")
+        self.scale.fill_(math.sqrt(self.config.d / float(mean_sq)))
+        self.b_dec.copy_(geometric_median(x * self.scale))
+
+    def _orthogonal_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        """Removes each row's gradient component along the (unit) row: steps stay on the sphere
+        to first order; the renormalisation after the step corrects the rest."""
+        w = self.W_dec.detach()
+        return grad - (grad * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    def training_callbacks(self) -> list:
+        if not self.config.unit_norm:
+            return []
+
+        from_model = self
+
+        class _UnitNorm:
+            def on_step_end(self, trainer):
+                from_model.normalize_decoder()
+
+            def on_eval(self, trainer, metrics):
+                pass
+
+            def on_checkpoint(self, trainer, path):
+                pass
+
+        return [_UnitNorm()]
+
+    # ---- the map ------------------------------------------------------------------------------
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        xn = x.reshape(len(x), -1) * self.scale
+        return (xn - self.b_dec) @ self.W_enc + self.b_enc
+
+    def _sparse(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(f dense (B, width), top indices (B, k) or None, top values (B, k) or None)."""
+        c = self.config
+        if c.kind == "relu":
+            return F.relu(pre), None, None
+        if c.kind == "jumprelu":
+            return _JumpReLU.apply(pre, self.log_theta.exp(), c.bandwidth), None, None
+        if c.kind == "topk":
+            vals, idx = pre.topk(c.k, dim=1, sorted=False)
+            vals = F.relu(vals)
+            return torch.zeros_like(pre).scatter(1, idx, vals), idx, vals
+        # batchtopk
+        if self.training:
+            act = F.relu(pre)
+            keep = min(act.numel(), c.k * len(pre))
+            vals, flat = act.flatten().topk(keep, sorted=False)
+            f = torch.zeros_like(act).flatten().scatter(0, flat, vals).view_as(act)
+            with torch.no_grad():
+                positive = vals[vals > 0]
+                if len(positive):
+                    m = c.threshold_momentum
+                    low = positive.min().to(self.threshold.dtype)
+                    self.threshold.copy_(low if self.threshold == 0 else m * self.threshold + (1 - m) * low)
+            return f, None, None
+        act = F.relu(pre)
+        return act * (act > self.threshold), None, None
+
+    def encode_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations f (B, width) of inputs x (B, d)."""
+        return self._sparse(self.pre_activations(x))[0]
+
+    def decode_features(self, f: torch.Tensor, idx=None, vals=None) -> torch.Tensor:
+        """x_hat in normalised space from features (dense f, or top indices and values)."""
+        if idx is not None and idx.shape[1] * 8 <= self.config.width:   # sparse decode pays off
+            return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype),
+                                   mode="sum") + self.b_dec
+        return f @ self.W_dec + self.b_dec
+
+    # ---- capabilities ---------------------------------------------------------------------------
+    def embed(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        return self.encode_features(x)
+
+    def decode_mean(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        return ((z @ self.W_dec + self.b_dec) / self.scale).view(len(z), *self.config.input_shape)
+
+    def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
+        f, idx, vals = self._sparse(self.pre_activations(x))
+        return (self.decode_features(f, idx, vals) / self.scale).view_as(x)
+
+    def dead_fraction(self) -> float:
+        """Share of features that have not fired for ``dead_tokens`` training tokens."""
+        return float((self.silent_tokens >= self.config.dead_tokens).float().mean())
+
+    # ---- the loss ---------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, y=None, warmup: float = 1.0) -> Losses:
+        c = self.config
+        xn = x.reshape(len(x), -1) * self.scale
+        pre = (xn - self.b_dec) @ self.W_enc + self.b_enc
+        f, idx, vals = self._sparse(pre)
+        x_hat = self.decode_features(f, idx, vals)
+        err = xn - x_hat
+        sse = err.pow(2).sum(1)                                     # (B,)
+        active = f > 0
+        l0 = active.sum(1).to(sse.dtype)
+        if c.kind == "relu":
+            sparsity = (f * self.W_dec.norm(dim=1)).sum(1)
+        elif c.kind == "jumprelu":
+            sparsity = _Heaviside.apply(pre, self.log_theta.exp(), c.bandwidth).sum(1)
+        else:
+            sparsity = torch.zeros_like(sse)
+        loss = sse.mean() / c.d + warmup * c.sparsity_weight * sparsity.mean() * (c.kind in ("relu", "jumprelu"))
+        terms = {"mse": sse.detach() / c.d, "l0": l0, "sparsity": sparsity.detach()}
+        if self.training:
+            with torch.no_grad():
+                fired = active.any(0)
+                self.silent_tokens.add_(len(x)).masked_fill_(fired, 0)
+            dead = self.silent_tokens >= c.dead_tokens
+            if c.aux_k and bool(dead.any()):
+                aux = self._aux_loss(pre, dead, err.detach())
+                loss = loss + c.aux_weight * aux
+                terms["aux"] = aux.detach().expand(len(x))
+        stats = _fvu_stats(sse, xn)
+        return Losses(loss, terms, stats)
+
+    def _aux_loss(self, pre: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """Gao et al.'s L_aux: the top aux_k dead latents reconstruct the residual, normalised by
+        the residual's variance."""
+        k = min(self.config.aux_k, int(dead.sum()))
+        masked = pre.masked_fill(~dead, float("-inf"))
+        vals, idx = masked.topk(k, dim=1, sorted=False)
+        vals = F.relu(vals)
+        e_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype), mode="sum")
+        var = (residual - residual.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
+        return (e_hat - residual).pow(2).sum(1).mean() / var
+
+    def describe(self) -> str:
+        c = self.config
+        k = f", k={c.k}" if c.kind in ("topk", "batchtopk") else ""
+        return f"SAE ({c.kind}{k}), {c.width} features over d={c.d}"
+
+
+def _fvu_stats(sse: torch.Tensor, xn: torch.Tensor) -> dict[str, Statistic]:
+    """FVU = sum of squared errors / sum ||x - mean||^2 over every example seen, with the mean
+    over every example too: additive totals (sse, sum x, sum ||x||^2, count) finished once."""
+    d = xn.shape[1]
+    total = torch.cat([sse.detach().double().sum().view(1),
+                       torch.tensor([float(len(xn))], dtype=torch.float64, device=xn.device),
+                       xn.detach().double().pow(2).sum().view(1),
+                       xn.detach().double().sum(0)])
+    return {"fvu": Statistic(total, lambda t: t[0] / (t[2] - t[3:3 + d].pow(2).sum() / t[1]).clamp_min(1e-30))}

@@ -1,0 +1,214 @@
+"""Sparse autoencoder models, their metrics on cases with a known answer, training and splicing."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import zspace
+from zspace.cli import main
+from zspace.data import ShardWriter
+from zspace.errors import ConfigError, DataError
+from zspace.models.sae import SAEConfig, SparseAutoencoder, geometric_median
+from zspace.sae.train import causal_fidelity, density_histogram, feature_statistics, train_sae
+
+D = 16
+
+
+def sae(**kw):
+    torch.manual_seed(0)
+    return SparseAutoencoder(SAEConfig(input_shape=(D,), **{"width": 64, "k": 4, **kw}))
+
+
+def sparse_data(n=4000, d=D, atoms=48, active=3, seed=0):
+    """Each row a sum of ``active`` of ``atoms`` unit directions with positive weights."""
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(atoms, d, generator=g), dim=1)
+    idx = torch.stack([torch.randperm(atoms, generator=g)[:active] for _ in range(n)])
+    f = torch.zeros(n, atoms).scatter(1, idx, torch.rand(n, active, generator=g) + 0.5)
+    return f @ dirs, dirs
+
+
+def test_topk_keeps_exactly_k_and_batchtopk_keeps_k_on_average():
+    x, _ = sparse_data(256)
+    m = sae(kind="topk")
+    m.init_from_data(x)
+    f = m.encode_features(x)
+    assert ((f > 0).sum(1) <= 4).all() and ((f > 0).sum(1) == 4).float().mean() > 0.9
+    b = sae(kind="batchtopk")
+    b.init_from_data(x)
+    b.train()
+    out = b(x)
+    assert float(out.terms["l0"].sum()) <= 4 * len(x) and float(out.terms["l0"].mean()) > 3.5
+    assert float(out.terms["l0"].std()) > 0          # the budget is shared, not per example
+    assert float(b.threshold) > 0                     # learned for evaluation
+
+
+def test_fvu_and_l0_known_answers():
+    x, _ = sparse_data(500)
+    m = sae(kind="relu")
+    with torch.no_grad():        # reconstruction = the mean of x exactly: FVU = 1
+        m.W_enc.zero_()
+        m.b_enc.fill_(-1.0)
+        m.b_dec.copy_(x.mean(0))
+    out = m(x)
+    assert out.stats["fvu"].value() == pytest.approx(1.0, abs=1e-6)
+    assert float(out.terms["l0"].sum()) == 0
+    # the statistic accumulated over batches equals the whole-set value
+    parts = [m(x[i:i + 100]).stats["fvu"] for i in range(0, 500, 100)]
+    total = parts[0]
+    for p in parts[1:]:
+        total = total.merge(p)
+    assert total.value() == pytest.approx(1.0, abs=1e-6)
+
+
+def identity_sae(d=D):
+    """relu(x) - relu(-x) = x: a two-sided identity dictionary."""
+    m = SparseAutoencoder(SAEConfig(input_shape=(d,), width=2 * d, kind="relu", sparsity_weight=0.0,
+                                    unit_norm_decoder=False))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        m.W_enc.copy_(torch.cat([eye, -eye], 1))
+        m.W_dec.copy_(torch.cat([eye, -eye], 0))
+        m.b_enc.zero_()
+        m.b_dec.zero_()
+    return m.eval()
+
+
+def test_identity_reconstruction_and_geometric_median():
+    x = torch.randn(50, D)
+    m = identity_sae()
+    assert torch.allclose(m.reconstruct(x), x, atol=1e-6)
+    assert m(x).stats["fvu"].value() == pytest.approx(0.0, abs=1e-10)
+    pts = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [100.0, 100.0]])
+    med = geometric_median(pts)
+    assert med.norm() < 3.0 and pts.mean(0).norm() > 20       # robust where the mean is not
+
+
+def test_dead_fraction_and_density_histogram_count_what_they_say():
+    x, _ = sparse_data(300)
+    m = sae(kind="topk")
+    m.init_from_data(x)
+    with torch.no_grad():
+        m.b_enc[:10] = -1e4                  # ten features can never fire
+    data = zspace.ArrayData.from_arrays(x.numpy())
+    fvu, l0, fires, n = feature_statistics(m, data, batch_size=64)
+    assert n == 300 and l0 == pytest.approx(4.0, abs=0.1) and (fires[:10] == 0).all()
+    hist = density_histogram(fires, n)
+    assert hist["dead"] == int((fires == 0).sum()) >= 10
+    assert sum(hist["counts"]) + hist["dead"] == 64
+
+
+def test_aux_k_revives_dead_latents():
+    x, _ = sparse_data(3000)
+    dead_after = {}
+    for aux_k in (0, 32):
+        m = sae(kind="topk", width=64, k=3, aux_k=aux_k, dead_tokens=512)
+        m.init_from_data(x)
+        with torch.no_grad():
+            m.b_enc[:32] -= 3.0          # half the features start silent
+        opt = torch.optim.Adam(m.parameters(), 3e-3)
+        m.train()
+        for step in range(300):
+            b = x[torch.randint(0, len(x), (128,), generator=torch.Generator().manual_seed(step))]
+            loss = m(b).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            m.normalize_decoder()
+        dead_after[aux_k] = m.dead_fraction()
+    assert dead_after[32] < dead_after[0] - 0.1, dead_after
+
+
+def test_jumprelu_threshold_learns_and_unit_norm_is_kept():
+    x, _ = sparse_data(256)
+    m = sae(kind="jumprelu", sparsity_weight=0.01)
+    m.init_from_data(x)
+    m.train()
+    loss = m(x).loss
+    loss.backward()
+    assert m.log_theta.grad is not None and m.log_theta.grad.abs().sum() > 0
+    # the decoder gradient has no component along its (unit) rows
+    assert (m.W_dec.grad * m.W_dec).sum(1).abs().max() < 1e-5
+    [cb] = m.training_callbacks()
+    with torch.no_grad():
+        m.W_dec.mul_(3.0)
+    cb.on_step_end(None)
+    assert torch.allclose(m.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(width=0), "width must be an integer >= 1"),
+    (dict(width=8, k=9), "k = 9 is more than the width"),
+    (dict(kind="gated"), "unknown SAE kind"),
+])
+def test_bad_sae_options(options, message):
+    with pytest.raises(ConfigError, match=message):
+        SAEConfig(input_shape=(D,), **options)
+
+
+def test_nan_activations_are_refused():
+    x = torch.randn(10, D)
+    x[3, 2] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        sae().init_from_data(x)
+
+
+def _store(path, x):
+    with ShardWriter(path, (x.shape[1],), "float16", rows_per_shard=1000,
+                     metadata={"model": "none", "hook": "x"}) as w:
+        w.append(x.numpy())
+    return path
+
+
+def test_train_sae_on_a_store_through_the_common_trainer_and_resume(tmp_path):
+    x, dirs = sparse_data(3000)
+    store = _store(tmp_path / "acts", x)
+    cfg = zspace.TrainConfig(epochs=None, steps=30, batch_size=128, lr=3e-3, lr_schedule="constant", seed=1)
+    full = train_sae(store, tmp_path / "full", kind="topk", width=64, k=3, config=cfg, test_fraction=0.1,
+                     progress=False, dead_tokens=500)
+    train_sae(store, tmp_path / "part", kind="topk", width=64, k=3, config=cfg.replace(steps=12),
+              test_fraction=0.1, progress=False, dead_tokens=500)
+    resumed = zspace.training.resume(tmp_path / "part", steps=30, progress=False, figures=False)
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k                # silent-token counters and thresholds included
+    assert torch.allclose(full.model.W_dec.norm(dim=1), torch.ones(64), atol=1e-4)
+    assert full.history()[-1]["test_fvu"] < 0.9
+
+
+def test_splicing_an_identity_sae_recovers_all_of_the_loss():
+    transformers = pytest.importorskip("transformers")
+    from zspace.sae import LanguageModel
+
+    class Chars:
+        def encode(self, text):
+            return [3 + ord(c) % 60 for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=D, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    lm = LanguageModel(model=model, tokenizer=Chars(), name="tiny", kind="causal", bos_id=1, pad_id=0,
+                       prefix=(1,), max_length=64, unembed=model.lm_head.weight)
+    texts = ["the cat sat on the mat", "a dog ran in the park today"]
+    out = causal_fidelity(lm, identity_sae(), "resid_post.0", texts, context=32)
+    assert out["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-5)
+    assert out["kl_clean_to_spliced"] == pytest.approx(0.0, abs=1e-6)
+    assert out["ce_zero_ablated"] != pytest.approx(out["ce_clean"])
+
+
+def test_sae_cli_bad_input_is_one_line(tmp_path, capsys):
+    x, _ = sparse_data(200)
+    store = _store(tmp_path / "acts", x)
+    assert main(["sae", "train", str(store), "--out", str(tmp_path / "r"), "-k", "500", "--width", "64"]) == 2
+    assert "k = 500 is more than the width" in capsys.readouterr().err
+    assert main(["sae", "train", str(tmp_path / "nothing"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file" in err
+    assert main(["sae", "train", str(store), "--out", str(tmp_path / "r"), "--width", "64", "-k", "4",
+                 "--steps", "5", "--batch-size", "64", "--no-progress"]) == 0
+    assert main(["sae", "eval", str(tmp_path / "r"), "--json", str(tmp_path / "ev.json")]) == 0
+    assert "FVU" in capsys.readouterr().out and (tmp_path / "ev.json").is_file()
