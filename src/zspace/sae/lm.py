@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.sources import cache_dir
 from ..errors import ConfigError, DataError
 
 STORIES260K = "stories260K"
@@ -341,11 +342,10 @@ def _stories_dir(name_or_path: str | Path) -> Path | None:
     if p.is_dir() and (p / "stories260K.bin").is_file():
         return p
     if str(name_or_path) == STORIES260K:
-        roots = [os.environ.get("ZSPACE_DATA")] if os.environ.get("ZSPACE_DATA") else []
-        roots += [Path(__file__).resolve().parents[4] / "shared" / "data", Path.cwd() / "data",
+        roots = [Path(os.environ["ZSPACE_DATA"])] if os.environ.get("ZSPACE_DATA") else []
+        roots += [cache_dir(), Path(__file__).resolve().parents[4] / "shared" / "data",   # a checkout beside shared/
                   Path.cwd().parent / "shared" / "data"]
-        for r in roots:
-            d = Path(r) / "models" / STORIES260K
+        for d in [r / "models" / STORIES260K for r in roots] + [r / STORIES260K for r in roots]:
             if (d / "stories260K.bin").is_file():
                 return d
         raise DataError("stories260K not found: set ZSPACE_DATA to a folder with models/stories260K/"
