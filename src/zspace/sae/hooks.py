@@ -331,7 +331,9 @@ def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, bat
                              rows_per_shard=rows_per_shard, metadata=meta)
     skip = writer.rows
     state = {}
-    bar = tqdm(total=len(documents), unit="doc", disable=not progress, desc=f"harvest {hook}")
+    by_tokens = max_tokens is not None          # a token budget: count tokens, else documents
+    bar = tqdm(total=max_tokens if by_tokens else len(documents), initial=skip if by_tokens else 0,
+               unit="tok" if by_tokens else "doc", disable=not progress, desc=f"harvest {hook}")
     t0, n_new, checked = time.perf_counter(), 0, False
     try:
         for a, tok, doc, pos in _row_batches(lm, hook, documents, context=context, batch_size=batch_size,
@@ -346,9 +348,10 @@ def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, bat
                                 "harvest with dtype='bfloat16' or 'float32'")
             writer.append(x, token=tok, doc=doc, pos=pos)
             n_new += len(x)
-            bar.update(int(doc[-1]) - bar.n)
-            bar.set_postfix(tokens=skip + n_new, tok_s=f"{n_new / max(time.perf_counter() - t0, 1e-9):.0f}")
-        bar.update(len(documents) - bar.n)
+            bar.update((skip + n_new if by_tokens else int(doc[-1])) - bar.n)
+            bar.set_postfix(tokens=str(skip + n_new), tok_s=f"{n_new / max(time.perf_counter() - t0, 1e-9):.0f}")
+        if not by_tokens:
+            bar.update(len(documents) - bar.n)
     finally:
         bar.close()
     total = skip + n_new
