@@ -8,19 +8,37 @@ group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_R
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ZspaceError
 
 # A rank that waits longer than this in a collective (a peer died without torchrun noticing,
 # e.g. on another node) raises instead of hanging; torchrun's agent normally stops the
 # survivors long before.
 DEFAULT_TIMEOUT_S = 300.0
+
+
+class PeerLost(ZspaceError):
+    """A collective failed because another rank stopped (killed, crashed or timed out)."""
+
+
+@contextlib.contextmanager
+def collective(rank: int):
+    """Turns the backend's error when a peer is gone into one line that says so."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip())   # the backend's source position
+        first = text.splitlines()[0][:160] if text else type(e).__name__
+        raise PeerLost(f"rank {rank} lost contact with the other ranks (one stopped, was killed or "
+                       f"timed out): {first}; the last complete checkpoint is kept") from None
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,8 @@ class Dist:
         import torch.distributed as td
 
         buf = t.detach().to(self.device, copy=True)
-        td.all_reduce(buf, op=td.ReduceOp.SUM)
+        with collective(self.rank):
+            td.all_reduce(buf, op=td.ReduceOp.SUM)
         return buf.to(t.device)
 
     def sum_dict(self, tensors: dict[str, torch.Tensor],
@@ -95,7 +114,8 @@ class Dist:
         import torch.distributed as td
 
         v = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        td.broadcast(v, src=0)
+        with collective(self.rank):
+            td.broadcast(v, src=0)
         return bool(v.item() > 0)
 
     def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -106,14 +126,16 @@ class Dist:
 
         src = t.detach().to(self.device).contiguous()
         out = [torch.empty_like(src) for _ in range(self.world_size)]
-        td.all_gather(out, src)
+        with collective(self.rank):
+            td.all_gather(out, src)
         return [o.cpu() for o in out]
 
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as td
 
-            td.barrier()
+            with collective(self.rank):
+                td.barrier()
 
 
 SINGLE = Dist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from ..errors import ConfigError
@@ -65,10 +66,12 @@ def launch_local(nproc: int, argv: list[str], device: str = "cpu", threads: int 
         torchrun.run(args)
     except ChildFailedError as e:
         codes = {rank: f.exitcode for rank, f in e.failures.items()}
-        if 2 in codes.values():
-            return 2
-        rank = min(codes)
-        code = codes[rank]
+        # ranks that exited with 2 printed their line; SIGTERM is the agent stopping survivors
+        culprits = {r: c for r, c in codes.items() if c not in (2, -signal.SIGTERM)}
+        if not culprits:
+            return 2 if 2 in codes.values() else 1
+        rank = min(culprits)
+        code = culprits[rank]
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         sys.stderr.write(f"zspace: error: rank {rank} {how}; every rank was stopped "
                          f"(the last complete checkpoint is kept)\n")

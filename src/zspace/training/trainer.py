@@ -39,7 +39,7 @@ from ..rng import rng_state, seeded, set_rng_state
 from .checkpoint import (latest_checkpoint, load_tensors, load_weights, optimizer_from_flat,
                          read_json, save_checkpoint, write_text_atomic)
 from .config import TrainConfig
-from .distributed import Dist, init_from_env
+from .distributed import Dist, collective, init_from_env
 
 EVAL_SEED = 12345
 
@@ -230,6 +230,10 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def _collectives(self):
+        """Where DDP talks to the other ranks: a lost peer becomes one clear error."""
+        return collective(self.dist.rank) if self.dist.enabled else contextlib.nullcontext()
+
     def _wrap(self) -> nn.Module:
         if not self.dist.enabled:
             return _LossModule(self.model)
@@ -390,7 +394,8 @@ class Trainer:
             import torch.distributed as td
 
             box = [spec]
-            td.broadcast_object_list(box, src=0, device=self.dist.device)
+            with collective(self.dist.rank):
+                td.broadcast_object_list(box, src=0, device=self.dist.device)
             spec = box[0]
         total = self.dist.sum_dict(dict(sums, _n=torch.tensor(float(n), dtype=torch.float64)),
                                    spec + [("_n", ())])
@@ -487,7 +492,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         x, y = self._to_device(batch.x), self._to_device(batch.y)
-        with self._autocast():
+        with self._autocast(), self._collectives():   # DDP's forward may broadcast buffers
             out = self.net(x, y, self.warmup(s.step))
         where = f"epoch {s.epoch + 1}, step {s.step + 1}"
         bad = self.dist.ranks_with(~torch.isfinite(out.loss.detach()))   # the stop flag, all-reduced
@@ -498,7 +503,8 @@ class Trainer:
                 f"loss became {what} at {where}; try a lower learning rate (now {lr:.3g}) "
                 f"or gradient clipping{self._kept()}"))
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        with self._collectives():   # DDP all-reduces the gradients during backward
+            out.loss.backward()
         if c.grad_clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             if not torch.isfinite(norm):   # gradients are all-reduced already: alike on every rank
