@@ -46,7 +46,7 @@ else:
     data = path
 cfg = zspace.TrainConfig(epochs=1, batch_size=256, lr=1e-3, eval_limit=1000, threads=threads, seed=0)
 run = zspace.train("vae", data, preprocessing="scale", config=cfg, progress=False, figures=False,
-                   test_fraction=0.01, hidden=(512,), latent_dim=32, likelihood="gaussian-fixed")
+                   test_fraction=0.01, hidden=(256,), latent_dim=32, likelihood="gaussian-fixed")
 h = run.history()[-1]
 n = len(run.data().train) if not rows else len(data.train)
 print(json.dumps({"rows": n, "seconds": h["wall_seconds"], "rows_per_s": n / h["wall_seconds"],
@@ -140,7 +140,7 @@ Machine: {machine()}, {ram:.0f} GiB of RAM; {a.threads} torch threads, no loader
 Data: a float16 `.npy` of **{size_gb:.1f} GB** ({rows:,} rows of 3x32x32), CIFAR-10 training pixels
 (decoded from ../shared/data/images/cifar10-jpg.zip) repeated with a brightness jitter per copy;
 written in {write_s:.0f} s, page cache {'dropped' if dropped else 'NOT dropped (no permission)'} before
-training, deleted afterwards. Model: MLP VAE 3072-512-32, Gaussian decoder (fixed variance), batch 256,
+training, deleted afterwards. Model: MLP VAE 3072-256-32, Gaussian decoder (fixed variance), batch 256,
 Adam, `preprocessing="scale"`, 1 epoch, 1% held out (`zspace.train(..., data=PATH)`, the file
 memory-mapped, read and checked batch by batch in block-shuffled order).
 

@@ -128,6 +128,32 @@ class _Heaviside(torch.autograd.Function):
         return None, -(near * grad).sum(0), None
 
 
+class _SparseDecode(torch.autograd.Function):
+    """sum_j vals[b, j] W[idx[b, j]]: embedding_bag forward; a backward written for few active
+    rows (gathered dot products for vals, one index_add for W), where embedding_bag's own
+    backward sorts every index and is the slowest step of a TopK SAE on a CPU."""
+
+    @staticmethod
+    def forward(ctx, idx, vals, W):
+        ctx.save_for_backward(idx, vals, W)
+        return F.embedding_bag(idx, W, per_sample_weights=vals, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        idx, vals, W = ctx.saved_tensors
+        g_vals = torch.einsum("bkd,bd->bk", W[idx], grad) if ctx.needs_input_grad[1] else None
+        g_W = None
+        if ctx.needs_input_grad[2]:
+            rows = (vals[..., None] * grad[:, None, :]).reshape(-1, W.shape[1])
+            g_W = torch.zeros_like(W).index_add_(0, idx.reshape(-1), rows)
+        return None, g_vals, g_W
+
+
+def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """(B, d) = sum over the k active features of each row: vals (B, k) times W[idx] (B, k, d)."""
+    return _SparseDecode.apply(idx, vals.to(W.dtype), W)
+
+
 def geometric_median(x: torch.Tensor, iterations: int = 100, tol: float = 1e-6) -> torch.Tensor:
     """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to rows of x."""
     m = x.mean(0)
@@ -241,7 +267,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         if c.kind == "topk":
             vals, idx = pre.topk(c.k, dim=1, sorted=False)
             vals = F.relu(vals)
-            return torch.zeros_like(pre).scatter(1, idx, vals), idx, vals
+            return None, idx, vals           # dense f only when asked for (encode_features)
         # batchtopk
         if self.training:
             act = F.relu(pre)
@@ -260,13 +286,14 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
 
     def encode_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations f (B, width) of inputs x (B, d)."""
-        return self._sparse(self.pre_activations(x))[0]
+        pre = self.pre_activations(x)
+        f, idx, vals = self._sparse(pre)
+        return torch.zeros_like(pre).scatter(1, idx, vals) if f is None else f
 
     def decode_features(self, f: torch.Tensor, idx=None, vals=None) -> torch.Tensor:
         """x_hat in normalised space from features (dense f, or top indices and values)."""
-        if idx is not None and idx.shape[1] * 8 <= self.config.width:   # sparse decode pays off
-            return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype),
-                                   mode="sum") + self.b_dec
+        if idx is not None and (f is None or idx.shape[1] * 8 <= self.config.width):
+            return sparse_decode(idx, vals, self.W_dec) + self.b_dec       # cost ~ k, not width
         return f @ self.W_dec + self.b_dec
 
     # ---- capabilities ---------------------------------------------------------------------------
@@ -293,8 +320,14 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         x_hat = self.decode_features(f, idx, vals)
         err = xn - x_hat
         sse = err.pow(2).sum(1)                                     # (B,)
-        active = f > 0
-        l0 = active.sum(1).to(sse.dtype)
+        if f is None:                                               # topk: only the k per row
+            on = vals > 0
+            l0 = on.sum(1).to(sse.dtype)
+            fired = torch.zeros(c.width, dtype=torch.bool, device=x.device).index_fill_(0, idx[on], True)
+        else:
+            active = f > 0
+            l0 = active.sum(1).to(sse.dtype)
+            fired = active.any(0)
         if c.kind == "relu":
             sparsity = (f * self.W_dec.norm(dim=1)).sum(1)
         elif c.kind == "jumprelu":
@@ -305,7 +338,6 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         terms = {"mse": sse.detach() / c.d, "l0": l0, "sparsity": sparsity.detach()}
         if self.training:
             with torch.no_grad():
-                fired = active.any(0)
                 self.silent_tokens.add_(len(x)).masked_fill_(fired, 0)
             dead = self.silent_tokens >= c.dead_tokens
             if c.aux_k and bool(dead.any()):
@@ -322,7 +354,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         masked = pre.masked_fill(~dead, float("-inf"))
         vals, idx = masked.topk(k, dim=1, sorted=False)
         vals = F.relu(vals)
-        e_hat = F.embedding_bag(idx, self.W_dec, per_sample_weights=vals.to(self.W_dec.dtype), mode="sum")
+        e_hat = sparse_decode(idx, vals, self.W_dec)
         var = (residual - residual.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
         return (e_hat - residual).pow(2).sum(1).mean() / var
 
