@@ -64,6 +64,15 @@ def test_a_bf16_step_trains(name, tmp_path):
     assert all(p.dtype == torch.float32 for p in run.model.parameters())   # autocast, fp32 master weights
 
 
+def _settled(model):
+    """Data-dependent initialisation (the VQ-VAE codebook from the first batch; under DDP rank 0's
+    draw) done beforehand, so one step's gradients can be compared with per-half references."""
+    for m in model.modules():
+        if isinstance(getattr(m, "initialized", None), torch.Tensor):
+            m.initialized.fill_(True)
+    return model.train()
+
+
 def _ddp_worker(rank: int, init: str, names: list[str], out: str) -> None:
     import torch.distributed as dist
 
@@ -72,8 +81,7 @@ def _ddp_worker(rank: int, init: str, names: list[str], out: str) -> None:
     try:
         results = {}
         for name in names:
-            model = tiny(name)
-            model.train()
+            model = _settled(tiny(name))
             x, y = _batch(model)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             half = slice(rank * 4, rank * 4 + 4)
@@ -105,14 +113,10 @@ def test_a_two_rank_ddp_step_for_every_model(tmp_path):
     mp.start_processes(_ddp_worker, args=(init, names, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for name in names:
-        model = tiny(name)
-        model.train()
-        x, y = _batch(model)
+        x, y = _batch(tiny(name))
         halves = []
         for rank in range(2):
-            model.zero_grad()
-            m = tiny(name)
-            m.train()
+            m = _settled(tiny(name))
             torch.manual_seed(7 + rank)
             sl = slice(rank * 4, rank * 4 + 4)
             m(x[sl], None if y is None else y[sl]).loss.backward()
@@ -122,3 +126,39 @@ def test_a_two_rank_ddp_step_for_every_model(tmp_path):
             torch.testing.assert_close(r0[name][k], r1[name][k], msg=f"{name}: ranks disagree on {k}")
             torch.testing.assert_close(r0[name][k], (halves[0][k] + halves[1][k]) / 2, rtol=1e-4, atol=1e-6,
                                        msg=f"{name}: {k} is not the mean of the halves' gradients")
+
+
+def _ema_worker(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from zspace.models.vqvae import VectorQuantizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        q = VectorQuantizer(8, 4, restart_threshold=0.0)
+        z = torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(1))
+        q.initialized.fill_(True)
+        q.train()
+        q(z[rank * 3:rank * 3 + 3])
+        torch.save({k: v.clone() for k, v in q.state_dict().items()}, f"{out}/ema{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_vqvae_ema_codebook_is_all_reduced_across_ranks(tmp_path):
+    """Two ranks with half a batch each end with the codebook one process gets from the whole batch."""
+    from zspace.models.vqvae import VectorQuantizer
+
+    init = f"file://{tempfile.mktemp(dir=tmp_path)}"
+    mp.start_processes(_ema_worker, args=(init, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    torch.manual_seed(0)
+    q = VectorQuantizer(8, 4, restart_threshold=0.0)
+    q.initialized.fill_(True)
+    q.train()
+    q(torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(1)))
+    for rank in range(2):
+        got = torch.load(tmp_path / f"ema{rank}.pt")
+        for k, v in q.state_dict().items():
+            torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=f"rank {rank}: {k}")

@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=200_000, help="held-out rows evaluated (default 200000)")
     e.add_argument("--fidelity-tokens", type=int, default=20_000)
     e.add_argument("--json", type=Path, help="also write the results here")
+    from .sae.cli_parts import add_browse_steer_parsers
+
+    add_browse_steer_parsers(skind)
 
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
     de.add_argument("--out", type=Path, default=Path("runs/demo"))
@@ -734,6 +737,10 @@ def cmd_sae(a) -> None:
 
             write_json_atomic(a.json, ev.as_dict())
         return
+    if a.sae_command in ("browse", "steer"):
+        from .sae.cli_parts import run_browse, run_steer
+
+        return (run_browse if a.sae_command == "browse" else run_steer)(a)
     raise ConfigError(f"unknown sae command {a.sae_command!r}")
 
 

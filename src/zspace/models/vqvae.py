@@ -87,26 +87,61 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _init_from(self, flat: torch.Tensor) -> None:
         pick = torch.randint(0, len(flat), (self.num_codes,), device=flat.device)
-        self.codebook.data.copy_(flat[pick])
+        start = _from_rank0(flat[pick].contiguous())      # every data-parallel replica alike
+        self.codebook.data.copy_(start)
         if self.ema:
-            self.ema_sum.copy_(flat[pick])
+            self.ema_sum.copy_(start)
             self.ema_count.fill_(1.0)
         self.initialized.fill_(True)
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
         onehot = F.one_hot(codes, self.num_codes).type(flat.dtype)         # (N, K)
-        self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
-        self.ema_sum.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+        counts, sums = _summed_over_ranks(onehot.sum(0), onehot.T @ flat)  # the global batch's
+        self.ema_count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         n = self.ema_count.sum()
         smoothed = (self.ema_count + self.eps) / (n + self.num_codes * self.eps) * n   # Laplace smoothing
         self.codebook.copy_(self.ema_sum / smoothed[:, None])
         dead = self.ema_count < self.restart_threshold
         if dead.any():                       # restart unused codes on random encoder outputs
             pick = torch.randint(0, len(flat), (int(dead.sum()),), device=flat.device)
-            self.codebook[dead] = flat[pick]
-            self.ema_sum[dead] = flat[pick]
+            fresh = _from_rank0(flat[pick].contiguous())
+            self.codebook[dead] = fresh
+            self.ema_sum[dead] = fresh
             self.ema_count[dead] = 1.0
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _summed_over_ranks(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Under data parallelism the EMA codebook sees the whole global batch: per-code counts and
+    sums are all-reduced (one collective), so every replica keeps the same codebook and it equals
+    one process's at the same global batch. A no-op in one process."""
+    if not _distributed():
+        return tensors
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    out, at = [], 0
+    for t in tensors:
+        out.append(flat[at:at + t.numel()].view_as(t))
+        at += t.numel()
+    return tuple(out)
+
+
+def _from_rank0(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's draw on every rank (codebook initialisation and dead-code restarts)."""
+    if _distributed():
+        import torch.distributed as dist
+
+        dist.broadcast(t, src=0)
+    return t
 
 
 @dataclass(frozen=True)
