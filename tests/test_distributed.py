@@ -222,3 +222,32 @@ def test_global_batch_must_split_evenly(digits):
     with pytest.raises(zspace.ConfigError, match="multiple of the 2 processes"):
         trainer_module.Trainer(model, digits.train, None, zspace.Preprocessing("dynamic-binarize"),
                                zspace.TrainConfig(batch_size=33), progress=False, dist=Dist(0, 2))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_through_torchrun_rendezvous_equal_one_process(rows, tmp_path):
+    """Two torchrun 'nodes' on 127.0.0.1 (one rank each, c10d rendezvous) train like one process."""
+    cfg = zspace.TrainConfig(epochs=1, batch_size=32, eval_limit=32, threads=1, seed=4)
+    one = train("ae", str(rows), out=tmp_path / "one", config=cfg, progress=False, figures=False,
+                latent_dim=4, hidden=(16,))
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                               f"--node-rank={r}", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                               "--rdzv-id=zspace-test", "-m", "zspace", "train", "ae", "--data", str(rows),
+                               "--out", str(tmp_path / "two"), "--epochs", "1", "--batch-size", "32",
+                               "--seed", "4", *AE], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [n.communicate(timeout=TIMEOUT) for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), [o[1][-2000:] for o in outs]
+    assert sum(o[0].count("trained ") for o in outs) == 1      # the rank-0 node alone reports
+    a, b = latest_weights(tmp_path / "one"), latest_weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
