@@ -109,7 +109,7 @@ class Gaussian:
         return self.loc + torch.exp(0.5 * self.log_var) * torch.randn_like(self.loc)
 
 
-LIKELIHOODS = ("bernoulli", "gaussian-fixed", "gaussian-learned")
+LIKELIHOODS = ("bernoulli", "gaussian-fixed", "gaussian-learned", "logistic")
 
 
 class DecoderLikelihood:
@@ -119,21 +119,31 @@ class DecoderLikelihood:
     gaussian-fixed: output = mean; variance is the constant ``variance`` (c).
     gaussian-learned: output = mean and log-variance stacked on the channel axis,
     so the decoder has twice the channels of x.
+    logistic: a discretized logistic (``mixtures`` = 1: mean and log-scale) or a mixture of
+    K (logits, means, log-scales) per subpixel over 8-bit x given as k/255 in [0, 1]
+    (:class:`DiscretizedLogistic`); 2 or 3K parameter blocks stacked on the channel axis.
     """
 
-    def __init__(self, name: str, variance: float = 1.0):
+    def __init__(self, name: str, variance: float = 1.0, mixtures: int = 1):
         if name not in LIKELIHOODS:
             raise ConfigError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
         if not (variance > 0 and math.isfinite(variance)):
             raise ConfigError(f"likelihood variance must be positive and finite, got {variance}")
+        if not (isinstance(mixtures, int) and mixtures >= 1):
+            raise ConfigError(f"the number of logistic mixture components must be an integer >= 1, got {mixtures!r}")
         self.name = name
         self.variance = variance
+        self.mixtures = mixtures
 
     @property
     def params_per_dim(self) -> int:
+        if self.name == "logistic":
+            return 2 if self.mixtures == 1 else 3 * self.mixtures
         return 2 if self.name == "gaussian-learned" else 1
 
     def __call__(self, out: torch.Tensor, event_dims: int):
+        if self.name == "logistic":
+            return DiscretizedLogistic(out, event_dims, self.mixtures)
         if self.name == "bernoulli":
             return Bernoulli(out, event_dims)
         if self.name == "gaussian-fixed":
@@ -205,10 +215,21 @@ class DiscretizedLogisticMixture:
         middle = _log_sigmoid_difference(upper, lower)
         return torch.where(xi == 0, low_edge, torch.where(xi == 255, high_edge, middle))
 
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+    def log_prob_per_subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(x) of each subpixel, (B, C, H, W) in nats."""
         log_w = F.log_softmax(self.logit_weights, dim=1)
-        per_pixel = torch.logsumexp(log_w + self._component_log_probs(x), dim=1)   # (B, C, H, W)
-        return per_pixel.flatten(1).sum(1)
+        return torch.logsumexp(log_w + self._component_log_probs(x), dim=1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob_per_subpixel(x).flatten(1).sum(1)
+
+    def mean(self) -> torch.Tensor:
+        """E[clamp(v, -1, 1)] on the [-1, 1] axis, (B, C, H, W): the mixture's mean before
+        rounding to a level (within half a level of the discrete mean). For a logistic of
+        location m and scale s, E[clamp(v, a, b)] = a + s (softplus((m - a)/s) - softplus((m - b)/s))."""
+        s = torch.exp(self.log_scales)
+        clamped = -1.0 + s * (F.softplus((self.means + 1.0) / s) - F.softplus((self.means - 1.0) / s))
+        return (F.softmax(self.logit_weights, dim=1) * clamped).sum(1)
 
     def sample(self) -> torch.Tensor:
         b, k = self.means.shape[:2]
@@ -219,3 +240,52 @@ class DiscretizedLogisticMixture:
         u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
         v = mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))        # logistic draw
         return torch.round((v.clamp(-1, 1) + 1) * 127.5).long()
+
+
+class DiscretizedLogistic:
+    """A VAE decoder's distribution over 8-bit images given as x = k/255 in [0, 1]: per subpixel
+    a discretized logistic, or a mixture of K (Salimans et al. 2017, without their coupling of
+    the colour channels), evaluated by :class:`DiscretizedLogisticMixture` on the [-1, 1] axis.
+    log_prob is the log-probability of the 8-bit values (the 256 levels of a subpixel sum to 1),
+    so its NLL in bits/dim is a discrete likelihood, comparable with PixelCNN numbers.
+
+    ``out`` (..., P*C, H, W) (or (..., P*D) for vectors): P = 2 blocks (means, log-scales) for
+    K = 1, else 3K (mixture logits, means, log-scales), each block C channels; leading sample
+    dimensions are kept, and x broadcasts over them.
+    """
+
+    def __init__(self, out: torch.Tensor, event_dims: int, mixtures: int = 1):
+        k = mixtures
+        p = 2 if k == 1 else 3 * k
+        split = out.dim() - event_dims
+        self.lead, event = out.shape[:split], out.shape[split:]
+        if event[0] % p:
+            raise ConfigError(f"a {k}-component discretized logistic needs a multiple of {p} parameter "
+                              f"channels, got {event[0]}")
+        self.event = (event[0] // p, *event[1:])
+        params = out.reshape(-1, p, *self.event)                              # (N, P, C, H, W)
+        if k == 1:   # one component: a constant mixture logit
+            params = torch.cat([torch.zeros_like(params[:, :1]), params], 1)
+        self.mixture = DiscretizedLogisticMixture(params, k)
+
+    @staticmethod
+    def levels(x: torch.Tensor) -> torch.Tensor:
+        """x = k/255 in [0, 1] -> the integer levels k."""
+        return torch.round(x * 255.0).clamp(0, 255).long()
+
+    def log_prob_per_subpixel(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(k) of every subpixel, (..., *event) in nats."""
+        x = x.expand(*self.lead, *self.event) if tuple(x.shape) != (*self.lead, *self.event) else x
+        lp = self.mixture.log_prob_per_subpixel(self.levels(x).reshape(-1, *self.event))
+        return lp.reshape(*self.lead, *self.event)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return _sum_event(self.log_prob_per_subpixel(x), len(self.event))
+
+    def mean(self) -> torch.Tensor:
+        """The mixture mean mapped to [0, 1], (..., *event)."""
+        return ((self.mixture.mean() + 1.0) / 2.0).reshape(*self.lead, *self.event)
+
+    def sample(self) -> torch.Tensor:
+        """A draw of the 8-bit values, as k/255, (..., *event)."""
+        return (self.mixture.sample().to(self.mixture.means.dtype) / 255.0).reshape(*self.lead, *self.event)

@@ -57,6 +57,8 @@ class AutoencoderConfig(ModelConfig):
     architecture: str = "mlp"
     hidden: tuple[int, ...] = (512, 256)
     channels: tuple[int, ...] = (32, 64)
+    blocks: int = 1                      # resnet: residual blocks per stage
+    norm: str = "group"                  # resnet: "group", "batch" or "none"
     activation: str = "relu"
     upsample: str = "transpose"
     code_activation: str = "none"

@@ -29,6 +29,9 @@ class LikelihoodMeaning:
 def likelihood_meaning(likelihood: str, preprocessing: str) -> LikelihoodMeaning:
     if likelihood in ("categorical", "logistic-mixture") and preprocessing == "uint8":
         return LikelihoodMeaning("probability", 0.0, "NLL of 8-bit data; bits per 8-bit subpixel")
+    if likelihood == "logistic" and preprocessing == "scale":   # 8-bit data (the VAE checks it) as k/255
+        return LikelihoodMeaning("probability", 0.0, "discretized logistic over the 256 levels of each "
+                                                     "subpixel: NLL of 8-bit data; bits per 8-bit subpixel")
     if likelihood == "bernoulli":
         if preprocessing in ("dynamic-binarize", "static-binarize"):
             return LikelihoodMeaning("probability", 0.0, "NLL of binary data; bits per binary dimension")
@@ -61,6 +64,9 @@ def check_preprocessing(integer_inputs: bool, likelihood: str | None, model_name
         wanted = "integer (uint8)" if integer_inputs else "real-valued"
         raise ConfigError(f"preprocessing {preprocessing!r} does not give the {wanted} inputs the "
                           f"{model_name} model takes")
+    if likelihood == "logistic" and preprocessing != "scale":
+        raise ConfigError(f"the discretized logistic likelihood is over 8-bit values k/255: use preprocessing "
+                          f"'scale' (8-bit data), not {preprocessing!r}")
     if likelihood == "bernoulli" and preprocessing not in BINARY_SAFE:
         raise ConfigError(f"a Bernoulli decoder needs inputs in [0, 1]; preprocessing {preprocessing!r} "
                           f"does not guarantee that: use dynamic-binarize, static-binarize or scale, "

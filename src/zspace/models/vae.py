@@ -16,30 +16,34 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data.corruptions import check_fraction
 from ..distributions import DecoderLikelihood, DiagonalGaussian, LIKELIHOODS, standard_normal_log_prob
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .base import (Losses, Model, ModelConfig, check_labelled_data, check_positive, check_positive_int,
                    checked_labels, register)
 from .capabilities import ImportanceSampledLikelihood, Reconstructs, SamplesFromPrior
-from .networks import build_decoder, build_encoder, check_architecture
+from .networks import IMAGE_ARCHITECTURES, build_decoder, build_encoder, check_architecture
 
 
 @dataclass(frozen=True)
 class VAEConfig(ModelConfig):
     input_shape: tuple[int, ...] = (1, 28, 28)
     latent_dim: int = 32
-    architecture: str = "mlp"            # "mlp" or "conv"
+    architecture: str = "mlp"            # "mlp", "conv" or "resnet" (residual, for colour images)
     hidden: tuple[int, ...] = (512, 256)  # MLP widths, encoder order; the decoder mirrors them
     channels: tuple[int, ...] = (32, 64)  # conv channels per stride-2 stage
+    blocks: int = 1                       # resnet: residual blocks per stage
+    norm: str = "group"                   # resnet: "group", "batch" or "none"
     activation: str = "relu"
     upsample: str = "transpose"          # conv decoder: "transpose" or "nearest"
-    likelihood: str = "bernoulli"        # "bernoulli", "gaussian-fixed", "gaussian-learned"
+    likelihood: str = "bernoulli"        # "bernoulli", "gaussian-fixed", "gaussian-learned", "logistic"
     variance: float = 1.0                # c of gaussian-fixed; C = 1/(2c) weighs the squared error
+    mixtures: int = 1                    # logistic: components of the discretized logistic mixture
     beta: float = 1.0                    # weight on the KL (β-VAE); 1 is the true ELBO
     iw_samples: int = 1                  # k > 1 trains the IWAE bound with k samples
     # Ren et al. (2019)'s background model for likelihood ratios: during training this
@@ -56,6 +60,7 @@ class VAEConfig(ModelConfig):
         check_positive_int("iw_samples", self.iw_samples)
         check_positive("beta", self.beta)
         check_positive("variance", self.variance)
+        check_positive_int("mixtures", self.mixtures)
         if self.likelihood not in LIKELIHOODS:
             raise ConfigError(f"unknown likelihood {self.likelihood!r}; choose one of {', '.join(LIKELIHOODS)}")
         check_fraction("input_mutation", self.input_mutation)
@@ -80,12 +85,12 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
         ``decoder``: z (B, latent_dim) -> likelihood parameters, (B, P * prod(input_shape))
         or (B, P * C, H, W), with P = 2 for gaussian-learned and 1 otherwise."""
         super().__init__(config)
-        self.likelihood = DecoderLikelihood(config.likelihood, config.variance)
+        self.likelihood = DecoderLikelihood(config.likelihood, config.variance, config.mixtures)
         k, shape = self.num_classes, tuple(config.input_shape)
         # A label enters the encoder as k extra input channels (conv) or features (mlp),
         # and the decoder as k extra latent inputs.
         enc_cfg = config if not k else config.replace(
-            input_shape=(shape[0] + k, *shape[1:]) if config.architecture == "conv" else (math.prod(shape) + k,))
+            input_shape=(shape[0] + k, *shape[1:]) if config.architecture in IMAGE_ARCHITECTURES else (math.prod(shape) + k,))
         dec_cfg = config if not k else config.replace(latent_dim=config.latent_dim + k)
         self.encoder = encoder if encoder is not None else build_encoder(enc_cfg, 2 * config.latent_dim)
         self.decoder = decoder if decoder is not None else build_decoder(
@@ -127,13 +132,16 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
         return F.one_hot(y, self.num_classes).float()
 
     def check_data(self, data) -> None:
+        if self.config.likelihood == "logistic" and not data.is_8bit:
+            raise DataError(f"{data.name}: the discretized logistic likelihood is a distribution over 8-bit "
+                            f"values, got {np.dtype(data.dtype).name} data; use a Gaussian likelihood")
         if self.num_classes:
             check_labelled_data(data, self.num_classes, "a conditional VAE")
 
     def _encoder_input(self, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
         if c is None:
             return x
-        if self.config.architecture == "conv":   # the label as constant planes
+        if self.config.architecture in IMAGE_ARCHITECTURES:   # the label as constant planes
             return torch.cat([x, c[:, :, None, None].expand(-1, -1, *x.shape[2:])], 1)
         return torch.cat([x.flatten(1), c], 1)
 

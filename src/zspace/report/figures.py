@@ -97,6 +97,8 @@ def as_images(x: torch.Tensor, input_shape) -> torch.Tensor | None:
             side = math.isqrt(input_shape[0])
             return x.reshape(-1, 1, side, side).float().clamp(0, 1)
         return None
+    if not x.is_floating_point():        # 8-bit levels (PixelCNN samples, uint8 inputs)
+        return (x.float() / 255.0).clamp(0, 1)
     x = x.float()
     return (x / 255.0 if x.max() > 1 else x).clamp(0, 1)
 

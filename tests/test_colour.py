@@ -1,0 +1,226 @@
+"""Colour images: residual encoders/decoders, the discretized logistic decoder (exact 8-bit
+probabilities), colour evaluation and figures, and non-square (Frey 28x20) latent figures."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import zspace
+from zspace import ConfigError
+from zspace.cli import main
+from zspace.distributions import DecoderLikelihood, DiscretizedLogistic
+from zspace.nn import ResNetDecoder, ResNetEncoder
+
+SHAPES = [(3, 32, 32), (3, 64, 64), (1, 28, 20)]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_resnet_shapes(shape):
+    enc = ResNetEncoder(shape, (8, 16), 10, blocks=1)
+    dec = ResNetDecoder(4, (8, 16), (2 * shape[0], *shape[1:]), blocks=2)
+    assert enc(torch.zeros(3, *shape)).shape == (3, 10)
+    assert dec(torch.zeros(3, 4)).shape == (3, 2 * shape[0], *shape[1:])
+    vae = zspace.VAE(zspace.VAEConfig(input_shape=shape, architecture="resnet", channels=(8, 16), latent_dim=3,
+                                      likelihood="logistic"))
+    x = torch.randint(0, 256, (2, *shape)).float() / 255
+    assert vae.sample(2).shape == (2, *shape) and vae.reconstruct(x).shape == (2, *shape)
+    vae(x).loss.backward()
+
+
+def test_resnet_in_every_family():
+    shape = (3, 16, 16)
+    x = torch.rand(2, *shape)
+    cvae = zspace.CVAE(zspace.CVAEConfig(input_shape=shape, architecture="resnet", channels=(8,), latent_dim=3,
+                                         num_classes=3, likelihood="gaussian-learned"))
+    assert cvae.sample(2, y=torch.tensor([0, 2])).shape == (2, *shape)
+    cvae(x, torch.tensor([1, 2])).loss.backward()
+    ae = zspace.Autoencoder(zspace.AutoencoderConfig(input_shape=shape, architecture="resnet", channels=(8, 16),
+                                                     blocks=0, norm="batch", latent_dim=8))
+    assert ae.reconstruct(x).shape == (2, *shape)
+    from zspace.models.networks import build_spatial_decoder, build_spatial_encoder
+    cfg = zspace.VAEConfig(input_shape=(3, 64, 64), architecture="resnet", channels=(8, 16, 16))
+    grid = build_spatial_encoder(cfg, 5)(torch.zeros(1, 3, 64, 64))
+    assert grid.shape == (1, 5, 8, 8)                       # an 8x8 code grid for a VQ-VAE
+    assert build_spatial_decoder(cfg, 5)(grid).shape == (1, 3, 64, 64)
+
+
+def test_resnet_refuses_bad_configs_in_one_line():
+    for kw in (dict(input_shape=(3, 30, 30), channels=(8, 16)), dict(input_shape=(784,)),
+               dict(input_shape=(3, 32, 32), norm="layer"), dict(input_shape=(3, 32, 32), blocks=-1)):
+        with pytest.raises(ConfigError) as e:
+            zspace.VAEConfig(architecture="resnet", **kw)
+        assert "\n" not in str(e.value)
+
+
+def test_mlp_and_conv_keep_their_state_dict_keys():
+    conv = zspace.VAE(zspace.VAEConfig(input_shape=(1, 28, 28), architecture="conv", latent_dim=2))
+    assert sorted(conv.state_dict()) == sorted(
+        ["encoder.features.0.weight", "encoder.features.0.bias", "encoder.features.2.weight",
+         "encoder.features.2.bias", "encoder.head.weight", "encoder.head.bias", "decoder.head.weight",
+         "decoder.head.bias", "decoder.body.1.weight", "decoder.body.1.bias", "decoder.body.3.weight",
+         "decoder.body.3.bias"])
+    mlp = zspace.VAE(zspace.VAEConfig(latent_dim=2, hidden=(8,)))
+    assert list(mlp.state_dict()) == ["encoder.1.weight", "encoder.1.bias", "encoder.3.weight", "encoder.3.bias",
+                                      "decoder.1.weight", "decoder.1.bias", "decoder.3.weight", "decoder.3.bias"]
+
+
+def _brute_force_log_probs(params, k):
+    """log P(level) for every level 0..255 from the formula, float64: (256, C, H, W)."""
+    if k == 1:
+        params = torch.cat([torch.zeros_like(params[:, :1]), params], 1)
+    logits, mu, log_s = (t[0].double() for t in params.split(k, dim=1))    # (K, C, H, W)
+    s = torch.exp(log_s.clamp(min=-7.0))
+    w = torch.softmax(logits, 0)
+    rows = []
+    for level in range(256):
+        v = 2 * level / 255 - 1
+        a, b = (v + 1 / 255 - mu) / s, (v - 1 / 255 - mu) / s
+        if level == 0:
+            mass = torch.sigmoid(a)
+        elif level == 255:
+            mass = torch.sigmoid(-b)
+        else:   # sigma(a) - sigma(b), written on the side of 0 where it does not cancel
+            mass = torch.where(b > 0, torch.sigmoid(-b) - torch.sigmoid(-a), torch.sigmoid(a) - torch.sigmoid(b))
+        rows.append(torch.log((w * mass).sum(0)))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_discretized_logistic_is_a_distribution_over_8_bit_values(k):
+    torch.manual_seed(0)
+    c = 3
+    p = 2 if k == 1 else 3 * k
+    out = torch.randn(1, p * c, 2, 2) * 2
+    out[:, (p - 1) * c:] -= 2.0                                  # some sharp log-scales
+    dist = DecoderLikelihood("logistic", mixtures=k)(out.expand(256, -1, -1, -1), event_dims=3)
+    levels = torch.arange(256, dtype=torch.float32)[:, None, None, None].expand(256, c, 2, 2) / 255
+    per = dist.log_prob_per_subpixel(levels).double()             # (256, C, 2, 2): level i in row i
+    assert torch.allclose(torch.logsumexp(per, 0), torch.zeros(c, 2, 2, dtype=torch.float64), atol=1e-5)
+    brute = _brute_force_log_probs(out.reshape(1, p, c, 2, 2), k)
+    fine = brute > -40                                           # float64 resolves these bins' masses
+    assert fine.float().mean() > 0.5
+    assert torch.allclose(per[fine], brute[fine], atol=1e-4, rtol=1e-4)
+    # the NLL of an image is the sum of its subpixels' brute-force log-probabilities
+    x = torch.randint(0, 256, (c, 2, 2))
+    one = DiscretizedLogistic(out, 3, k).log_prob(x[None].float() / 255)
+    want = brute.gather(0, x[None]).sum()
+    assert float(one[0]) == pytest.approx(float(want), rel=1e-5)
+    # samples are levels k/255 and the mean lies in [0, 1]
+    s, m = dist.sample(), dist.mean()
+    assert torch.equal(torch.round(s * 255) / 255, s) and m.min() >= 0 and m.max() <= 1
+
+
+def test_logistic_keeps_importance_sample_dimensions():
+    out = torch.randn(5, 4, 2 * 3, 4, 4)                        # (k, B, 2C, H, W)
+    x = torch.randint(0, 256, (4, 3, 4, 4)).float() / 255
+    lp = DiscretizedLogistic(out, 3).log_prob(x)
+    assert lp.shape == (5, 4)
+    assert torch.allclose(lp[2], DiscretizedLogistic(out[2], 3).log_prob(x))
+
+
+def test_batchnorm_likelihoods_are_per_example_in_eval():
+    torch.manual_seed(0)
+    vae = zspace.VAE(zspace.VAEConfig(input_shape=(3, 8, 8), architecture="resnet", channels=(8,), norm="batch",
+                                      latent_dim=2, likelihood="logistic"))
+    x = torch.randint(0, 256, (6, 3, 8, 8)).float() / 255
+    vae(x).loss.backward()                                      # running statistics move off their start
+    vae.eval()
+    with torch.no_grad():
+        q = vae.encode(x)
+        alone = vae.decode(q.mean[:1]).log_prob(x[:1])
+        together = vae.decode(q.mean).log_prob(x)[:1]
+    assert torch.allclose(alone, together, atol=1e-3)
+
+
+def test_logistic_refuses_what_it_cannot_model(tmp_path):
+    x = np.random.default_rng(0).random((40, 3, 8, 8)).astype("float32")
+    data = zspace.ArrayData.from_arrays(x)
+    splits = zspace.DataSplits(data.head(30), data.subset(np.arange(30, 40)), "floats")
+    with pytest.raises(zspace.DataError, match="8-bit"):
+        zspace.train("vae", splits, progress=False, figures=False, architecture="resnet", channels=(8,),
+                     latent_dim=2, likelihood="logistic", config=zspace.TrainConfig(epochs=1))
+    vae = zspace.VAE(zspace.VAEConfig(input_shape=(3, 8, 8), likelihood="logistic", hidden=(8,)))
+    with pytest.raises(ConfigError, match="scale"):
+        vae.check_preprocessing("dequantize")
+
+
+@pytest.fixture
+def colour_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(96, 3, 8, 8), dtype=np.uint8)
+    x[:, 0] //= 2                                                  # channels differ in their statistics
+    path = tmp_path / "colour.npy"
+    np.save(path, x)
+    return path
+
+
+COLOUR = ["--architecture", "resnet", "--channels", "8,16", "--latent-dim", "3", "--epochs", "1",
+          "--batch-size", "32", "--eval-limit", "32", "--no-progress"]
+
+
+def test_colour_vae_bits_per_dim_mean_what_they_say(colour_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "vae", "--data", colour_file, *COLOUR, "--likelihood", "logistic",
+                           "--out", tmp_path / "logistic")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "eval", tmp_path / "logistic", "--nll-samples", 4)
+    assert code == 0 and "probability" in out and "8-bit" in out
+    res = json.loads((tmp_path / "logistic" / "eval-test-k4.json").read_text())
+    assert res["likelihood_kind"] == "probability"
+    assert res["bits_per_dim"] == pytest.approx(res["nll"] / (3 * 64 * math.log(2)), rel=1e-6)
+    assert 0 < res["bits_per_dim"] < 12
+    code, _, err = run_cli(capsys, "train", "vae", "--data", colour_file, *COLOUR, "--likelihood",
+                           "gaussian-learned", "--preprocess", "dequantize", "--out", tmp_path / "deq")
+    assert code == 0, err
+    run_cli(capsys, "eval", tmp_path / "deq", "--nll-samples", 4)
+    res = json.loads((tmp_path / "deq" / "eval-test-k4.json").read_text())
+    assert res["likelihood_kind"] == "density bound"          # bits per 8-bit subpixel: D = 3*8*8
+    assert res["bits_per_dim"] == pytest.approx(res["nll"] / (3 * 64 * math.log(2)) + 8, rel=1e-6)
+
+
+def _png_channels_differ(path) -> bool:
+    import matplotlib.image
+
+    img = matplotlib.image.imread(str(path))[..., :3]
+    return img.ndim == 3 and not np.allclose(img[..., 0], img[..., 1])
+
+
+def test_colour_grids_and_latent_figures(colour_file, tmp_path, capsys):
+    from zspace.report import latent_figures as lf
+    from zspace.report.figures import as_images, image_grid
+
+    grid = image_grid(torch.rand(5, 3, 8, 6), ncols=3)
+    assert grid.shape == (2 * 9 + 1, 3 * 7 + 1, 3)
+    assert as_images(torch.randint(0, 256, (2, 3, 4, 4)), (3, 4, 4)).max() <= 1
+    assert run_cli(capsys, "train", "vae", "--data", colour_file, *COLOUR, "--likelihood", "logistic",
+                   "--latent-dim", "2", "--out", tmp_path / "run")[0] == 0
+    run = zspace.load_run(tmp_path / "run")
+    for png in (run.path / "figures" / "samples.png", run.path / "figures" / "reconstructions.png"):
+        assert _png_channels_differ(png)
+    for name, path in (("manifold", lf.save_manifold(run, tmp_path / "m.png", n=4)),
+                       ("traverse", lf.save_traversal(run, tmp_path / "t.png", steps=3)),
+                       ("interpolate", lf.save_interpolations(run, tmp_path / "i.png", pairs=1, steps=3)),
+                       ("attribute", lf.save_attribute(run, tmp_path / "a.png", mask=np.arange(10) % 2 == 0,
+                                                       n=2, limit=32))):
+        assert _png_channels_differ(path), name
+
+
+def test_frey_shaped_manifold_and_small_data(tmp_path):
+    from zspace.report.latent_figures import save_manifold
+
+    rng = np.random.default_rng(0)
+    faces = rng.integers(0, 256, size=(80, 1, 28, 20), dtype=np.uint8)
+    data = zspace.ArrayData.from_arrays(faces)
+    splits = zspace.DataSplits(data.head(64), data.subset(np.arange(64, 80)), "frey-like")
+    run = zspace.train("vae", splits, out=tmp_path / "frey", progress=False, figures=False, latent_dim=2,
+                       hidden=(32,), likelihood="gaussian-learned", config=zspace.TrainConfig(epochs=1, batch_size=16))
+    grid = zspace.explore.manifold(run.model, n=3)
+    assert grid.shape == (3, 3, 1, 28, 20)
+    assert save_manifold(run, tmp_path / "frey.png", n=3).stat().st_size > 0
