@@ -224,3 +224,17 @@ def test_frey_shaped_manifold_and_small_data(tmp_path):
     grid = zspace.explore.manifold(run.model, n=3)
     assert grid.shape == (3, 3, 1, 28, 20)
     assert save_manifold(run, tmp_path / "frey.png", n=3).stat().st_size > 0
+
+
+def test_a_vae_trains_on_olivetti_sized_data(tmp_path, monkeypatch):
+    """Small-data training: 40 'subjects' of 64x64 faces in the olivetti-faces file layout."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(60, 64, 64), dtype=np.uint8)
+    np.savez(tmp_path / "olivetti-faces.npz", x=x, y=np.arange(60) % 40)
+    monkeypatch.setenv("ZSPACE_DATA", str(tmp_path))
+    data = zspace.load_dataset("olivetti-faces")
+    assert data.train.example_shape == (1, 64, 64)
+    run = zspace.train("vae", data, progress=False, figures=False, latent_dim=4, architecture="resnet",
+                       channels=(4, 8, 8), likelihood="logistic", config=zspace.TrainConfig(epochs=2, batch_size=16))
+    hist = run.history()
+    assert len(hist) == 2 and all(np.isfinite(r["test_elbo"]) for r in hist)

@@ -121,7 +121,8 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
             obj = f"β-TCVAE β={c.tc_weight:g}"
         if self.num_classes:
             obj = f"C{obj} ({self.num_classes} classes)" if obj == "VAE" else f"conditional {obj} ({self.num_classes} classes)"
-        return f"{obj}, {c.architecture}, z={c.latent_dim}, {c.likelihood}"
+        lik = f"logistic mixture K={c.mixtures}" if c.likelihood == "logistic" and c.mixtures > 1 else c.likelihood
+        return f"{obj}, {c.architecture}, z={c.latent_dim}, {lik}"
 
     # ---- conditioning --------------------------------------------------------------------
     def one_hot(self, y, batch: int) -> torch.Tensor | None:

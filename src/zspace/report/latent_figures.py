@@ -94,7 +94,9 @@ def save_manifold(run, path: Path, n: int = 20, plane: Sequence[int] | None = No
     where = ("its 2-D latent space" if plane is None else
              f"the plane of z{plane[0]} (across) and z{plane[1]} (up), other dimensions at 0")
     cond = f", label {class_names(run, _conditional(run))[label]}" if label is not None else ""
-    title = (f"{run.describe()}\nlearned manifold: decoder means on the {n}x{n} grid Φ⁻¹(u), "
+    history = run.history()
+    trained = f", after {history[-1]['epoch']} epochs" if history and "epoch" in history[-1] else ""
+    title = (f"{run.describe()}{trained}\nlearned manifold: decoder means on the {n}x{n} grid Φ⁻¹(u), "
              f"u evenly spaced in [0.05, 0.95]², on {where}{cond}")
     return save_image_grid(images, path, title, ncols=n)
 
