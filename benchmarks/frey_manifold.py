@@ -53,7 +53,9 @@ Model: VAE, MLP 560-{args.hidden}-2 (elu) and back, {args.likelihood} decoder ov
 Held-out test: ELBO {rep.elbo:.1f} nats, importance-sampled NLL (k = {rep.num_samples}) {rep.nll:.1f} nats,
 **{rep.bits_per_dim:.3f} bits/dim** ({res.meaning.kind}: {res.meaning.note}).
 Figure: [frey-manifold.png](../docs/figures/frey-manifold.png), the decoder means on the 20x20 grid
-Φ⁻¹(u): pose turns across, expression changes up the grid.
+Φ⁻¹(u) (looked at: distinct faces, no collapse): across, the expression goes from a closed, downturned mouth
+to an open smile; up the grid the change is smaller (mouth shape, a slight turn of the head). The decoder
+means are smoother than single faces; Kingma & Welling's figure shows pose more strongly.
 """
     update_section("frey-manifold", md)
     print(md)
