@@ -335,6 +335,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)   # `train --nproc N` relaunches it
     try:
+        _check_outputs(args)
         return COMMANDS[args.command](args) or 0
     except ZspaceError as e:
         if not getattr(e, "secondary", False):   # raised alike on every rank: rank 0 says it
@@ -343,9 +344,47 @@ def main(argv=None) -> int:
     except OSError as e:  # unwritable output folder, disk full...
         sys.stderr.write(f"zspace: error: {e.strerror or e}: {e.filename or ''}\n")
         return EXIT_USER_ERROR
+    except MemoryError:
+        sys.stderr.write("zspace: error: not enough memory for this request; ask for less "
+                         "(fewer samples, a smaller grid or model, a smaller --batch-size)\n")
+        return EXIT_USER_ERROR
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and not _is_oom(e):
+            raise
+        sys.stderr.write(f"zspace: error: not enough memory for this request ({_first_line(e)}); ask for "
+                         f"less (fewer samples, a smaller grid or model, a smaller --batch-size)\n")
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("zspace: interrupted; the last completed epoch's checkpoint is kept\n")
         return 130
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+# Outputs of verbs that read a run or detector: none may land on that run's (or any run's) own
+# files. Folders that a verb creates itself (train --out, data pack, detect fit) check themselves.
+_OUTPUT_FLAGS = ("json", "labels_out")
+_FOLDER_VERBS = {"train", "data", "demo", "sae", "compare"}
+
+
+def _check_outputs(a) -> None:
+    from .training.run import check_output_path
+
+    names = _OUTPUT_FLAGS if a.command in _FOLDER_VERBS or getattr(a, "action", None) == "fit" \
+        else _OUTPUT_FLAGS + ("out",)
+    for name in names:
+        value = getattr(a, name, None)
+        if isinstance(value, Path):
+            check_output_path(value)
 
 
 def cmd_train(a) -> None:
@@ -392,6 +431,8 @@ def cmd_train(a) -> None:
     else:
         if a.out is None:
             raise ConfigError("give --out RUN_FOLDER (or --resume RUN)")
+        if not 0 < a.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be between 0 and 1, got {a.test_fraction}")
         config = TrainConfig(**train_opts)
         run = train(a.model, a.data or "fashion-mnist", out=a.out, preprocessing=a.preprocess, config=config,
                     progress=not a.no_progress, overwrite=a.overwrite, test_fraction=a.test_fraction,
@@ -413,6 +454,9 @@ def _check_counts(a, *names: str) -> None:
         value = getattr(a, name, None)
         if value is not None and value < 1:
             raise ConfigError(f"{_flag(name) if len(name) > 1 else '-' + name} must be >= 1")
+
+
+MAX_FIGURE_SIDE = 200   # images along one side of a figure grid
 
 
 def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
@@ -454,6 +498,7 @@ def cmd_sample(a) -> None:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
     _check_suffix(a.out, (".png", ".pdf", ".svg", ".npy"))
     run = load_run(a.run)
+    _check_memory(a.n * 4 * int(np.prod(run.model.config.input_shape)), f"{a.n} samples")
     x = sample_run(run, a.n, label=a.label, seed=a.seed).x
     if a.out.suffix == ".npy":
         np.save(a.out, x.numpy())
@@ -499,6 +544,17 @@ def cmd_encode(a) -> None:
         print(f"labels: {a.labels_out}")
 
 
+def _check_memory(nbytes: int, what: str, copies: int = 4) -> None:
+    """Refuses a request whose arrays (``copies`` of ``nbytes``: inputs, outputs, images) would
+    not fit in the memory this machine has free."""
+    from .core.io import available_memory
+
+    free = available_memory()
+    if free is not None and nbytes * copies > free:
+        raise ConfigError(f"{what} need about {nbytes * copies / 2**30:.1f} GiB, more than the "
+                          f"{free / 2**30:.1f} GiB of memory free; ask for fewer")
+
+
 def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -515,6 +571,9 @@ def cmd_denoise(a) -> None:
     from .training import load_run
 
     _check_suffix(a.out, (".png", ".npy"))
+    _check_counts(a, "n", "limit")
+    if not a.level >= 0 or a.level == float("inf"):
+        raise ConfigError(f"--level must be a finite number >= 0, got {a.level}")
     run = load_run(a.run)
     res = denoise_run(run, a.corruption, a.level, split=a.split, limit=a.limit, seed=a.seed,
                       data=load_dataset(a.data) if a.data else None)
@@ -541,6 +600,7 @@ def cmd_compare(a) -> None:
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
     if a.code_size < 1 or a.epochs < 1:
         raise ConfigError("--code-size and --epochs must be >= 1")
+    _check_counts(a, "train_limit", "batch_size")
     compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
             noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,
             lr=a.lr, seed=a.seed, train_limit=a.train_limit, progress=True)
@@ -577,6 +637,13 @@ def cmd_explore(a) -> None:
     if a.out is not None:
         _check_suffix(a.out, (".png", ".pdf", ".svg"))
     _check_counts(a, "steps", "n", "pairs", "num_dims", "per_class", "limit")
+    for name in ("steps", "n", "pairs", "num_dims", "per_class"):   # rows/columns of one figure
+        value = getattr(a, name, None)
+        if value is not None and value > MAX_FIGURE_SIDE:
+            raise ConfigError(f"{_flag(name) if len(name) > 1 else '-' + name} {value} is too many for one "
+                              f"figure (at most {MAX_FIGURE_SIDE})")
+    if getattr(a, "span", None) is not None and not 0 < a.span < float("inf"):
+        raise ConfigError(f"--span must be a finite number > 0, got {a.span}")
     run = load_run(a.run)
     if a.kind != "classes" and not isinstance(run.model, ContinuousCode):
         raise ConfigError(f"{run.describe()} has no continuous latent code to explore")
@@ -603,9 +670,13 @@ def cmd_explore(a) -> None:
             raise ConfigError("give the attribute either as a class (--positive) or as a --mask file")
         mask = None
         if a.mask is not None:
+            from .core.io import regular_file_size
+
+            if regular_file_size(a.mask, ConfigError) == 0:
+                raise ConfigError(f"{a.mask}: empty file, not a boolean .npy array")
             try:
                 mask = np.load(a.mask, allow_pickle=False)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, EOFError) as e:
                 raise ConfigError(f"{a.mask}: cannot read a boolean .npy array ({e})") from None
         path = lf.save_attribute(run, a.out, positive=a.positive, negative=a.negative, mask=mask,
                                  strengths=_parse_floats(a.strengths, "--strengths"), n=a.n, split=a.split,
@@ -713,9 +784,14 @@ def cmd_sae(a) -> None:
         train_opts.setdefault("epochs", 1)
         train_opts.setdefault("batch_size", 4096)
         train_opts.setdefault("lr_schedule", "constant")
-        train_opts.setdefault("lr", 2e-4 if a.kind == "relu" else 1e-3)
         if a.expansion < 1:
             raise ConfigError(f"--expansion must be at least 1, got {a.expansion}")
+        if a.width is not None and a.width < 1:
+            raise ConfigError(f"--width must be at least 1, got {a.width}")
+        from .data import load_dataset as _load
+
+        d = _load(str(a.store), test_fraction=a.test_fraction).example_shape[-1]
+        train_opts.setdefault("lr", sae.default_lr(a.width or a.expansion * d))
         run = sae.train_sae(a.store, a.out, kind=a.kind, width=a.width, expansion=a.expansion, k=a.k,
                             config=TrainConfig(**train_opts), test_fraction=a.test_fraction,
                             progress=not a.no_progress, overwrite=a.overwrite, **opts)

@@ -267,20 +267,26 @@ def load_detector(path) -> GenerativeOutlierDetector:
     from .errors import CheckpointError
     from .training.checkpoint import load_tensors, load_weights
 
+    from .core.io import read_json
+
     path = Path(path)
+    if not (path / DETECTOR_FILE).exists():
+        raise CheckpointError(f"{path}: not a saved detector (no {DETECTOR_FILE})")
+    meta = read_json(path / DETECTOR_FILE)
     try:
-        meta = json.loads((path / DETECTOR_FILE).read_text())
         cls = _CLASSES[meta["class"]]
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
         det = cls(**params)
         det.model_ = build_model(meta["model"]["name"], meta["model"]["config"]).eval()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not a saved detector (no {DETECTOR_FILE})") from None
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path / DETECTOR_FILE}: damaged or not a zspace detector ({e})") from None
+    _check_saved_detector(det, meta, path)
     load_weights(det.model_, path / "model.safetensors")
     arrays = load_tensors(path / "fitted.safetensors")
-    det.n_features_in_, det.seed_, det.threshold_ = meta["n_features"], meta["seed"], meta["threshold"]
+    _check_fitted_arrays(det.scaling, arrays, meta["n_features"], path / "fitted.safetensors")
+    det.n_features_in_, det.seed_, det.threshold_ = meta["n_features"], meta.get("seed"), meta["threshold"]
     det.decision_scores_ = arrays["decision_scores"].numpy()
     det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
     det.scaler_ = _Scaling(det.scaling, {k[len("scaler_"):]: v.numpy() for k, v in arrays.items()
@@ -290,6 +296,41 @@ def load_detector(path) -> GenerativeOutlierDetector:
     if "latent_mean" in arrays:
         det.latent_ = LatentGaussian.from_arrays(arrays["latent_mean"].numpy(), arrays["latent_precision"].numpy())
     return det
+
+
+# The arrays each scaling stores, all with one entry per feature (quantiles: a column each).
+_SCALER_ARRAYS = {"standard": ("offset", "scale"), "minmax": ("offset", "scale"),
+                  "power": ("lambdas", "offset", "scale"), "quantile": ("quantiles", "scale"), "none": ()}
+
+
+def _check_saved_detector(det, meta: dict, path: Path) -> None:
+    from .errors import CheckpointError
+
+    where = path / DETECTOR_FILE
+    n = meta.get("n_features")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CheckpointError(f"{where}: n_features must be an integer >= 1, got {n!r}")
+    t = meta.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise CheckpointError(f"{where}: threshold must be a number, got {t!r}")
+    if det.scaling not in SCALINGS:
+        raise CheckpointError(f"{where}: scaling {det.scaling!r} is not one of {', '.join(SCALINGS)}")
+    shape = tuple(det.model_.config.input_shape)
+    if shape != (n,):
+        raise CheckpointError(f"{where}: the model reads {shape} features but n_features is {n}")
+
+
+def _check_fitted_arrays(kind: str, arrays: dict, n: int, where: Path) -> None:
+    from .errors import CheckpointError
+
+    scores = arrays.get("decision_scores")
+    if scores is None or scores.dim() != 1 or len(scores) == 0:
+        raise CheckpointError(f"{where}: decision_scores missing or not a non-empty vector")
+    for key in _SCALER_ARRAYS[kind]:
+        a = arrays.get(f"scaler_{key}")
+        if a is None or a.dim() not in (1, 2) or a.shape[-1] != n:
+            raise CheckpointError(f"{where}: the {kind} scaling needs scaler_{key} with {n} features, "
+                                  f"found {None if a is None else tuple(a.shape)}")
 
 
 class _Scaling:

@@ -256,5 +256,9 @@ def write_evaluation(result: Evaluation, path: str | Path | None, run_path: Path
     from .core.io import write_json_atomic
 
     out = Path(path) if path is not None else Path(run_path) / f"eval-{result.split}-{result.name}.json"
+    if path is not None:
+        from .training.run import check_output_path
+
+        check_output_path(out)   # never over the run's own config, metrics or checkpoints
     write_json_atomic(out, result.as_dict())
     return out

@@ -9,11 +9,42 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError, ZspaceError
+
+MAX_JSON_BYTES = 64 << 20   # run configs, states and manifests are kilobytes; a bigger one is damage
+
+
+def regular_file_size(path: Path, error: type[ZspaceError] = DataError) -> int:
+    """The size of ``path`` after following links; refuses what is not a regular file (a FIFO
+    would block forever, /dev/zero reads without end, a folder is not a file)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise error(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise error(f"{path}: not a regular file (a device, pipe or socket); give a file")
+    return st.st_size
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for new allocations (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def fsync_dir(path: Path) -> None:
@@ -56,14 +87,23 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, error: type[ZspaceError] = CheckpointError) -> Any:
+    """A JSON file, refused (as ``error``, naming the file) when it is missing, not a regular
+    file, over MAX_JSON_BYTES, not UTF-8 JSON, or nested too deeply for the parser."""
+    if not os.path.exists(path):
+        raise error(f"{path}: missing")
+    size = regular_file_size(path, error)
+    if size > MAX_JSON_BYTES:
+        raise error(f"{path}: {size} bytes is too large for a zspace JSON file (damaged?)")
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+        raise error(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to read (damaged?)") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def write_folder_atomic(path: Path, fill: Callable[[Path], None]) -> Path:

@@ -154,6 +154,11 @@ def checked_values(x: np.ndarray, name: str, rows: np.ndarray | None = None) -> 
         bad = ~np.isfinite(x)
         if bad.any():
             raise DataError(f"{name}: {int(bad.sum())} NaN or infinite values{first_bad(bad)}")
+        if x.dtype.itemsize > 4:   # float64 beyond float32's range would turn into inf below
+            big = np.abs(x) > np.finfo(np.float32).max
+            if big.any():
+                raise DataError(f"{name}: {int(big.sum())} values beyond float32's range "
+                                f"(|x| > 3.4e38){first_bad(big)}; rescale the data")
         return x.astype(np.float32, copy=False)
     if x.dtype != np.uint8:
         lo, hi = x.min(), x.max()

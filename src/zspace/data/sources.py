@@ -15,10 +15,13 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
+from ..core.io import regular_file_size
 from ..errors import DataError
 from .dataset import ArrayData, Dataset, DataSplits
 from .idx import read_idx
@@ -179,11 +182,14 @@ def load_npz(path: str | Path, name: str | None = None, test_fraction: float = 0
     """An ``.npz`` in keras layout (x_train, y_train, x_test, y_test) or with x (and y)."""
     path = Path(path)
     name = name or path.stem
+    if regular_file_size(path) == 0:
+        raise DataError(f"{path}: empty file, not an .npz")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read .npz ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        # truncated or bit-flipped archives: bad zip structure, bad CRC, bad deflate stream
+        raise DataError(f"{path}: cannot read .npz, damaged or not an .npz ({e})") from None
     if "x_train" in arrays and "x_test" in arrays:
         train = ArrayData.from_arrays(arrays["x_train"], arrays.get("y_train"), f"{name}/train")
         test = ArrayData.from_arrays(arrays["x_test"], arrays.get("y_test"), f"{name}/test")
@@ -196,9 +202,15 @@ def load_npz(path: str | Path, name: str | None = None, test_fraction: float = 0
 
 def load_csv(path: Path, label_column: str | int | None = None) -> ArrayData:
     """A numeric CSV; a header row is detected; ``label_column`` (name or index) becomes y."""
+    regular_file_size(path)
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if r]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text CSV (byte {e.start}: {e.reason}); "
+                        f"save it as UTF-8") from None
+    except csv.Error as e:   # a field over csv.field_size_limit(), a NUL byte...
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read CSV ({e})") from None
     if not rows:
@@ -248,6 +260,8 @@ def load_images(path: Path, *, image_size: int | None = None, channels: int | No
 
 def load_npy(path: Path) -> ArrayData:
     """A ``.npy`` of any numeric dtype, memory-mapped: rows are read (and checked) per batch."""
+    if regular_file_size(path) == 0:
+        raise DataError(f"{path}: empty file, not a .npy")
     try:
         x = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
@@ -268,6 +282,8 @@ def load_file(path: str | Path, *, test_fraction: float = 0.1, seed: int = 0,
     if path.is_dir() and is_store(path / "train") and is_store(path / "test"):   # zspace data pack
         return DataSplits(ShardStore(path / "train", f"{path.name}/train"),
                           ShardStore(path / "test", f"{path.name}/test"), path.name)
+    if not path.is_dir():
+        regular_file_size(path)   # a FIFO or device behind the name is refused before it is opened
     if path.is_dir() or is_zip(path):
         return load_images(path, image_size=image_size, channels=channels, skip_bad=skip_bad,
                            test_fraction=test_fraction, seed=seed)

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..core.io import _umask
 from ..core.io import fsync_dir as _fsync_dir
 from ..core.io import read_json, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 from ..errors import CheckpointError
@@ -43,14 +44,37 @@ def optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+def _check_optimizer_meta(meta) -> None:
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
+    if not isinstance(groups, list) or not groups or not all(
+            isinstance(g, dict) and isinstance(g.get("params"), list)
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in g["params"]) for g in groups):
+        raise CheckpointError("optimiser state is malformed (param_groups must be a list of groups "
+                              "with integer params)")
+    if not isinstance(meta.get("scalars", {}), dict):
+        raise CheckpointError("optimiser state is malformed (scalars must be an object)")
+
+
 def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Restores ``opt`` from flat tensors and JSON, each tensor checked against the parameter it
+    belongs to first: a mis-shaped moment would otherwise fail only in the first step."""
+    _check_optimizer_meta(meta)
+    params = [p for g in opt.param_groups for p in g["params"]]   # state_dict's numbering
     state: dict[int, dict[str, Any]] = {}
     for name, val in tensors.items():
         if name.startswith("optim."):
             _, pid, key = name.split(".", 2)
+            if not pid.isdigit() or int(pid) >= len(params):
+                raise CheckpointError(f"optimiser state names parameter {pid}; the model has {len(params)}")
+            p = params[int(pid)]
+            if val.dim() > 0 and (val.shape != p.shape or val.dtype != p.dtype):
+                raise CheckpointError(f"optimiser tensor {name} is {val.dtype} {tuple(val.shape)}; its parameter "
+                                      f"is {p.dtype} {tuple(p.shape)}")
             state.setdefault(int(pid), {})[key] = val
     for name, val in meta.get("scalars", {}).items():
         pid, key = name.split(".", 1)
+        if not pid.isdigit() or int(pid) >= len(params):
+            raise CheckpointError(f"optimiser state names parameter {pid}; the model has {len(params)}")
         state.setdefault(int(pid), {})[key] = val
     groups = meta["param_groups"]
     for g in groups:  # JSON turned tuples (Adam's betas) into lists
@@ -59,8 +83,55 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
                 g[k] = tuple(v)
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"optimiser state does not fit this model: {e}") from None
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def check_state(state, path: Path) -> dict:
+    """state.json checked before use: the counters are counts, the history is a non-empty list
+    of rows whose last one is where the counters say the run stands, the optimiser an object."""
+    def bad(what: str):
+        return CheckpointError(f"{path}: incomplete or damaged state ({what})")
+
+    if not isinstance(state, dict):
+        raise bad("not an object")
+    for key in ("epoch", "step", "batch"):
+        if not _is_count(state.get(key)):
+            raise bad(f"{key} must be an integer >= 0, got {state.get(key)!r}")
+    history = state.get("history")
+    if not isinstance(history, list) or not history or not all(isinstance(r, dict) for r in history):
+        raise bad("history must be a non-empty list of rows")
+    last = history[-1]
+    if not _is_count(last.get("epoch")) or not _is_count(last.get("step")):
+        raise bad("history rows need integer epoch and step")
+    if last["step"] != state["step"] or last["epoch"] not in (state["epoch"], state["epoch"] + 1):
+        raise bad(f"step {state['step']}, epoch {state['epoch']} disagree with the history's last row "
+                  f"(epoch {last['epoch']}, step {last['step']})")
+    if not isinstance(state.get("optimizer", {}), dict):
+        raise bad("optimizer must be an object")
+    return state
+
+
+def read_state(checkpoint: Path) -> dict:
+    """CHECKPOINT/state.json, read and checked (see check_state)."""
+    path = Path(checkpoint) / "state.json"
+    return check_state(read_json(path), path)
+
+
+def check_rng_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every CPU generator state must be a byte tensor of this torch's state size, checked
+    before anything is restored (torch.set_rng_state's own errors come mid-resume)."""
+    size = torch.get_rng_state().numel()
+    for name, t in tensors.items():
+        if name.startswith(("rng.", "rank.")):
+            if t.dtype != torch.uint8 or t.dim() != 1:
+                raise CheckpointError(f"{path}: RNG state {name} is {t.dtype} {tuple(t.shape)}, not a byte vector")
+            if (name == "rng.torch" or name.endswith(".torch")) and t.numel() != size:
+                raise CheckpointError(f"{path}: RNG state {name} has {t.numel()} bytes, torch needs {size}")
 
 
 # ---- checkpoints -----------------------------------------------------------------------
@@ -73,6 +144,7 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module,
     ckdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckdir, prefix=f".{name}."))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp's 0700 would hide the checkpoint from other users
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "zspace"})
         trainer_tensors = dict(rng) if rng is not None else rng_state()
@@ -108,9 +180,14 @@ def latest_checkpoint(run_dir: Path) -> Path:
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         raise CheckpointError(f"{run_dir}: no checkpoint yet (checkpoints/latest missing)")
-    name = pointer.read_text().strip()
+    try:
+        if pointer.stat().st_size > 4096:
+            raise CheckpointError(f"{pointer}: too large to name a checkpoint (damaged?)")
+        name = pointer.read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{pointer}: damaged (not UTF-8 text naming a checkpoint)") from None
     path = run_dir / "checkpoints" / name
-    if not name or "/" in name or not path.is_dir():
+    if not name or "/" in name or name.startswith(".") or not path.is_dir():
         raise CheckpointError(f"{run_dir}: checkpoints/latest names {name!r}, which does not exist")
     return path
 
@@ -135,4 +212,27 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     for k, v in tensors.items():
         if v.shape != own[k].shape:
             raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, model needs {tuple(own[k].shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: {k} holds NaN or infinite values; the weights are damaged")
     model.load_state_dict(tensors)
+
+
+def clean_stale_temporaries(run_dir: Path) -> list[str]:
+    """Removes what a killed process left in RUN/checkpoints: unfinished checkpoint folders
+    (.NAME.*) and temporary files of atomic writes (.latest.*.tmp). Call only while no other
+    process writes the run (rank 0, before training starts)."""
+    ckdir = Path(run_dir) / "checkpoints"
+    removed = []
+    if not ckdir.is_dir():
+        return removed
+    for p in ckdir.iterdir():
+        if not p.name.startswith("."):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith(".tmp"):
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p.name)
+    return removed

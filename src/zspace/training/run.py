@@ -26,7 +26,8 @@ from ..errors import CheckpointError, ConfigError
 from ..models.base import Model, ModelConfig, build_model
 from ..models.capabilities import SamplesFromPrior
 from ..models.vqprior import VQPrior
-from .checkpoint import CONFIG_FILE, latest_checkpoint, load_weights, read_json, write_json_atomic
+from .checkpoint import (CONFIG_FILE, clean_stale_temporaries, latest_checkpoint, load_weights, read_json,
+                         read_state, write_json_atomic)
 from .config import TrainConfig
 from .distributed import init_from_env
 from .trainer import EVAL_SEED, Trainer
@@ -132,7 +133,7 @@ class Run:
     def history(self) -> list[dict]:
         """One row per epoch (or partial epoch at a stop): loss terms, lr, wall time."""
         if self._history is None:
-            self._history = read_json(latest_checkpoint(self.path) / "state.json")["history"]
+            self._history = read_state(latest_checkpoint(self.path))["history"]
         return self._history
 
 
@@ -210,6 +211,10 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool, write: bool = True) -> None
                           f"or choose another --out (or --overwrite)")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} exists and is not a folder")
+    if not has_run and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()) \
+            and not _is_unfinished_run(run_dir):
+        raise ConfigError(f"{run_dir} holds files and is not a zspace run; choose an empty or new --out "
+                          f"(--overwrite replaces zspace's outputs there: {', '.join(RUN_OUTPUTS)})")
     if not write:
         return
     for name in RUN_OUTPUTS:
@@ -221,6 +226,34 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool, write: bool = True) -> None
     for old in run_dir.glob("eval-*.json"):
         old.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _is_unfinished_run(run_dir: Path) -> bool:
+    """A folder that holds only a run which never reached its first checkpoint: zspace's own
+    outputs and a config.json that zspace wrote."""
+    if not all(p.name in RUN_OUTPUTS or p.name.startswith(".") for p in run_dir.iterdir()):
+        return False
+    try:
+        cfg = read_json(run_dir / CONFIG_FILE)
+    except CheckpointError:
+        return False
+    return isinstance(cfg, dict) and "zspace_version" in cfg and all(k in cfg for k in ("model", "data", "train"))
+
+
+def check_output_path(path: str | Path) -> None:
+    """Refuses an output that would overwrite a run's or a detector's own files: RUN/config.json,
+    metrics.csv, summary.md, anything in checkpoints/ or tensorboard/, or inside a detector folder."""
+    target = Path(path).resolve()
+    for parent in target.parents:
+        if (parent / CONFIG_FILE).is_file() and (parent / "checkpoints").is_dir():
+            rel = target.relative_to(parent)
+            if rel.parts[0] in ("checkpoints", "tensorboard", CONFIG_FILE, "metrics.csv", "summary.md"):
+                raise ConfigError(f"{path} is one of the run {parent}'s own files; write elsewhere")
+            return
+        if (parent / "detector.json").is_file():
+            raise ConfigError(f"{path} is inside the detector folder {parent}; write elsewhere")
+    if (target / CONFIG_FILE).is_file() and (target / "checkpoints").is_dir():
+        raise ConfigError(f"{path} is a run folder; give a file name for the output")
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None = None,
@@ -239,6 +272,9 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
                                         steps=steps)
         cfg["train"] = train_cfg.to_dict()
     dist = init_from_env(train_cfg.torch_device())
+    latest_checkpoint(run_dir)   # a run that cannot resume is refused before its config is touched
+    if dist.is_main:
+        clean_stale_temporaries(run_dir)   # a killed run's unfinished checkpoint and temporaries
     if dist.is_main and (epochs is not None or steps is not None):
         write_json_atomic(run_dir / CONFIG_FILE, cfg)
     model = _model_from_config(cfg)
@@ -264,11 +300,26 @@ def read_run_config(run_dir: Path) -> dict:
         raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE}: not a zspace run config "
                               f"(needs model, data and train sections)")
     try:
-        TrainConfig.from_dict(cfg["train"])
-        DataSpec.from_dict(cfg["data"])
-    except (ConfigError, TypeError) as e:
+        for cls, section in ((TrainConfig, "train"), (DataSpec, "data")):
+            _check_field_types(cls, cfg[section], section)
+            cls.from_dict(cfg[section])
+    except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{Path(run_dir) / CONFIG_FILE}: {e}") from None
     return cfg
+
+
+def _check_field_types(cls, values: dict, section: str) -> None:
+    """Each value has its field's default's type (an int where a float is meant is fine; a
+    field whose default is None takes anything from_dict accepts)."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.default is dataclasses.MISSING or f.default is None or values[f.name] is None:
+            continue
+        v, want = values[f.name], type(f.default)
+        ok = isinstance(v, want) and not (isinstance(v, bool) and want is not bool)
+        if (want is float and isinstance(v, int) and not isinstance(v, bool)) or (want is tuple and isinstance(v, list)):
+            ok = True
+        if not ok:
+            raise ConfigError(f"{section}.{f.name} must be {want.__name__}, got {v!r}")
 
 
 def _model_from_config(cfg: dict) -> Model:
@@ -278,7 +329,7 @@ def _model_from_config(cfg: dict) -> Model:
                               "zspace.training.checkpoint.load_weights")
     try:
         return build_model(cfg["model"]["name"], cfg["model"]["config"])
-    except (KeyError, TypeError, ConfigError) as e:
+    except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise CheckpointError(f"config.json has no usable model section ({e})") from None
 
 
@@ -289,6 +340,8 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
         raise CheckpointError(f"{run_dir}: not a zspace run (no {CONFIG_FILE})")
     cfg = read_run_config(run_dir)
     model = _model_from_config(cfg)
-    load_weights(model, latest_checkpoint(run_dir) / "model.safetensors")
+    checkpoint = latest_checkpoint(run_dir)
+    load_weights(model, checkpoint / "model.safetensors")
+    history = read_state(checkpoint)["history"]
     model.to(map_location).eval()
-    return Run(run_dir, cfg, model)
+    return Run(run_dir, cfg, model, history=history)

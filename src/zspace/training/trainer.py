@@ -36,8 +36,8 @@ from ..data.transforms import Preprocessing
 from ..errors import CheckpointError, ConfigError, TrainingDiverged
 from ..models.base import Model
 from ..rng import rng_state, seeded, set_rng_state
-from .checkpoint import (latest_checkpoint, load_tensors, load_weights, optimizer_from_flat,
-                         read_json, save_checkpoint, write_text_atomic)
+from .checkpoint import (check_rng_tensors, check_state, latest_checkpoint, load_tensors, load_weights,
+                         optimizer_from_flat, read_json, save_checkpoint, write_text_atomic)
 from .config import TrainConfig
 from .distributed import Dist, collective, init_from_env
 
@@ -268,10 +268,10 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         load_weights(self.model, path / "model.safetensors")
         tensors = load_tensors(path / "trainer.safetensors")
-        state = read_json(path / "state.json")
-        if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict) \
-                or "rng.torch" not in tensors:
+        state = check_state(read_json(path / "state.json"), path / "state.json")
+        if not isinstance(state.get("optimizer"), dict) or "rng.torch" not in tensors:
             raise CheckpointError(f"{path}: checkpoint is incomplete (optimiser or RNG state missing)")
+        check_rng_tensors(tensors, path / "trainer.safetensors")
         s = TrainState.from_dict(state)
         ws = self.dist.world_size
         if s.world_size != ws and s.batch > 0:
