@@ -62,7 +62,7 @@ class SAEConfig(ModelConfig):
     aux_weight: float = 1 / 32             # Gao et al.'s alpha
     dead_tokens: int = 1_000_000           # a feature silent this many tokens is dead
     unit_norm_decoder: bool | None = None  # None: on for topk, batchtopk, jumprelu
-    threshold_momentum: float = 0.99       # batchtopk's running evaluation threshold
+    threshold_momentum: float = 0.9        # batchtopk's running evaluation threshold (recent batches)
 
     def __post_init__(self):
         if self.kind not in SAE_KINDS:
@@ -334,7 +334,10 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
             sparsity = _Heaviside.apply(pre, self.log_theta.exp(), c.bandwidth).sum(1)
         else:
             sparsity = torch.zeros_like(sse)
-        loss = sse.mean() / c.d + warmup * c.sparsity_weight * sparsity.mean() * (c.kind in ("relu", "jumprelu"))
+        # Anthropic's (April 2024) and Rajamanoharan et al.'s objective ||x - x_hat||^2 + lambda * penalty,
+        # divided by d so that its scale does not grow with the width of the activations
+        penalty = warmup * c.sparsity_weight * sparsity if c.kind in ("relu", "jumprelu") else 0.0
+        loss = (sse + penalty).mean() / c.d
         terms = {"mse": sse.detach() / c.d, "l0": l0, "sparsity": sparsity.detach()}
         if self.training:
             with torch.no_grad():

@@ -37,6 +37,12 @@ from .lm import LanguageModel, load_language_model, sentence_embeddings
 INIT_ROWS = 20_000     # rows sampled (evenly) for the input scale and the geometric median
 
 
+def default_lr(width: int) -> float:
+    """Gao et al. (2024)'s learning-rate scaling for TopK SAEs, 2e-4 / sqrt(width / 2^14), also
+    sparsify's default: wider dictionaries take smaller steps."""
+    return 2e-4 / math.sqrt(width / 2 ** 14)
+
+
 def _store_of(splits) -> ShardStore:
     base = getattr(splits.train, "base", splits.train)
     if not isinstance(base, ShardStore):
@@ -53,8 +59,7 @@ def train_sae(store: str | Path, out: str | Path | None, *, kind: str = "topk", 
         raise DataError(f"{store}: rows of shape {splits.example_shape}; an SAE reads activation vectors (d,)")
     d = splits.example_shape[0]
     width = width if width is not None else expansion * d
-    config = config or TrainConfig(epochs=1, batch_size=4096, lr=2e-4 if kind == "relu" else 1e-3,
-                                   lr_schedule="constant")
+    config = config or TrainConfig(epochs=1, batch_size=4096, lr=default_lr(width), lr_schedule="constant")
     torch.manual_seed(config.seed)                   # fixes the initial dictionary
     sae = SparseAutoencoder(SAEConfig(input_shape=(d,), width=width, kind=kind, k=k, **options))
     train_rows = splits.train
