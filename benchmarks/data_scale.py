@@ -37,14 +37,15 @@ def peak_mb():   # VmHWM: this process's own peak (ru_maxrss would carry the par
     for line in open("/proc/self/status"):
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
-path, rows, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+path, rows, threads, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 torch.set_num_threads(threads)
 if rows:          # the in-memory comparison: the first rows of the same file, as float32 in RAM
     x = np.asarray(np.load(path, mmap_mode="r")[:rows], dtype=np.float32)
     data = zspace.data.sources.split_holdout(zspace.ArrayData.from_arrays(x, name="in-memory"), 0.01, 0)
 else:
     data = path
-cfg = zspace.TrainConfig(epochs=1, batch_size=256, lr=1e-3, eval_limit=1000, threads=threads, seed=0)
+cfg = zspace.TrainConfig(epochs=1, batch_size=256, lr=1e-3, eval_limit=1000, threads=threads, seed=0,
+                         workers=workers)
 run = zspace.train("vae", data, preprocessing="scale", config=cfg, progress=False, figures=False,
                    test_fraction=0.01, hidden=(256,), latent_dim=32, likelihood="gaussian-fixed")
 h = run.history()[-1]
@@ -124,9 +125,9 @@ def larger_than_memory(a) -> None:
         size_gb = path.stat().st_size / 1e9
         print(f"wrote {size_gb:.1f} GB ({rows} rows) in {write_s:.0f} s", flush=True)
         dropped = drop_page_cache()
-        disk = child(EPOCH, path, 0, a.threads)
+        disk = child(EPOCH, path, 0, a.threads, a.workers)
         print("memory-mapped:", disk, flush=True)
-        memory = child(EPOCH, path, a.memory_rows, a.threads)
+        memory = child(EPOCH, path, a.memory_rows, a.threads, a.workers)
         print("in memory:", memory, flush=True)
     finally:
         path.unlink(missing_ok=True)
@@ -136,7 +137,8 @@ def larger_than_memory(a) -> None:
 ### One epoch over data larger than memory
 
 Command: `{command_line()}`
-Machine: {machine()}, {ram:.0f} GiB of RAM; {a.threads} torch threads, no loader workers.
+Machine: {machine()}, {ram:.0f} GiB of RAM; {a.threads} torch thread(s), {a.workers} loader worker(s);
+1-minute load average {os.getloadavg()[0]:.1f} at the end (2 cores).
 Data: a float16 `.npy` of **{size_gb:.1f} GB** ({rows:,} rows of 3x32x32), CIFAR-10 training pixels
 (decoded from ../shared/data/images/cifar10-jpg.zip) repeated with a brightness jitter per copy;
 written in {write_s:.0f} s, page cache {'dropped' if dropped else 'NOT dropped (no permission)'} before
@@ -200,6 +202,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gigabytes", type=float, default=30.0)
     p.add_argument("--memory-rows", type=int, default=200_000, help="rows of the in-memory comparison")
+    p.add_argument("--workers", type=int, default=0, help="loader worker processes in both runs")
     p.add_argument("--scratch", help="folder for the big file (default: a new temporary folder)")
     p.add_argument("--old-rev", default="5038222", help="revision whose data layer is 'old'")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
