@@ -272,11 +272,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
                                         steps=steps)
         cfg["train"] = train_cfg.to_dict()
     dist = init_from_env(train_cfg.torch_device())
-    latest_checkpoint(run_dir)   # a run that cannot resume is refused before its config is touched
-    if dist.is_main:
-        clean_stale_temporaries(run_dir)   # a killed run's unfinished checkpoint and temporaries
-    if dist.is_main and (epochs is not None or steps is not None):
-        write_json_atomic(run_dir / CONFIG_FILE, cfg)
+    read_state(latest_checkpoint(run_dir))   # a run that cannot resume is refused before anything is written
     model = _model_from_config(cfg)
     spec = DataSpec.from_dict(cfg["data"])
     if data is None:
@@ -285,7 +281,11 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
         data = spec.load()
     trainer = Trainer(model, data.train, data.test, spec.preprocess(), train_cfg, run_dir,
                       progress=progress, on_epoch_end=on_epoch_end, callbacks=callbacks, dist=dist)
-    trainer.resume()
+    trainer.resume()   # checks the whole checkpoint: the config is rewritten only after it loaded
+    if dist.is_main:
+        clean_stale_temporaries(run_dir)   # a killed run's unfinished checkpoint and temporaries
+    if dist.is_main and (epochs is not None or steps is not None):
+        write_json_atomic(run_dir / CONFIG_FILE, cfg)
     state = trainer.fit()
     run = Run(run_dir, cfg, model, data, state.history)
     if figures and dist.is_main:
