@@ -155,30 +155,35 @@ def test_eval_json_beside_the_run_is_still_allowed(run, capsys):
 
 
 # ---- damaged runs ----------------------------------------------------------------------------
-def _cfg(fn):
-    def mutate(run):
-        c = json.loads((run / "config.json").read_text())
-        fn(c)
-        (run / "config.json").write_text(json.dumps(c))
+def _edit_json(where, fn):
+    """A mutation of a folder: fn changes the parsed JSON at where(folder) in place."""
+    def mutate(folder):
+        p = where(folder)
+        obj = json.loads(p.read_text())
+        fn(obj)
+        p.write_text(json.dumps(obj))
     return mutate
 
 
-def _state(fn):
-    def mutate(run):
-        p = latest(run) / "state.json"
-        s = json.loads(p.read_text())
-        fn(s)
-        p.write_text(json.dumps(s))
-    return mutate
-
-
-def _tensors(fn, file="trainer.safetensors"):
-    def mutate(run):
-        p = latest(run) / file
+def _edit_tensors(where, fn):
+    def mutate(folder):
+        p = where(folder)
         t = load_file(str(p))
         fn(t)
         save_file(t, str(p))
     return mutate
+
+
+def _cfg(fn):
+    return _edit_json(lambda r: r / "config.json", fn)
+
+
+def _state(fn):
+    return _edit_json(lambda r: latest(r) / "state.json", fn)
+
+
+def _tensors(fn, file="trainer.safetensors"):
+    return _edit_tensors(lambda r: latest(r) / file, fn)
 
 
 def _rng(t):
@@ -274,19 +279,11 @@ def base_detector(tmp_path_factory):
 
 
 def _meta(fn):
-    def mutate(d):
-        j = json.loads((d / "detector.json").read_text())
-        fn(j)
-        (d / "detector.json").write_text(json.dumps(j))
-    return mutate
+    return _edit_json(lambda d: d / "detector.json", fn)
 
 
 def _fitted(fn):
-    def mutate(d):
-        t = load_file(str(d / "fitted.safetensors"))
-        fn(t)
-        save_file(t, str(d / "fitted.safetensors"))
-    return mutate
+    return _edit_tensors(lambda d: d / "fitted.safetensors", fn)
 
 
 DETECTOR_DAMAGE = {
