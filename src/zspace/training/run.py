@@ -211,7 +211,8 @@ def _prepare_run_dir(run_dir: Path, overwrite: bool, write: bool = True) -> None
                           f"or choose another --out (or --overwrite)")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} exists and is not a folder")
-    if not has_run and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()) \
+    # checked by the writing rank alone: the others may already see what rank 0 wrote there
+    if write and not has_run and not overwrite and run_dir.is_dir() and any(run_dir.iterdir()) \
             and not _is_unfinished_run(run_dir):
         raise ConfigError(f"{run_dir} holds files and is not a zspace run; choose an empty or new --out "
                           f"(--overwrite replaces zspace's outputs there: {', '.join(RUN_OUTPUTS)})")
