@@ -245,7 +245,9 @@ class ImageFolder(Dataset):
         if self.auto_channels and self.channels == 1 and not grey:
             raise DataError(f"{self.where(i)}: a colour image in a grey set; pass channels=3 "
                             f"(--channels 3) or 1 to convert every image")
-        img = img.convert("L" if self.channels == 1 else "RGB")
+        mode = "L" if self.channels == 1 else "RGB"
+        if img.mode != mode:                 # convert copies the image even when nothing changes
+            img = img.convert(mode)
         w, h = img.size
         if self.crop is not None:
             c = int(round(self.crop * scale))
