@@ -131,8 +131,8 @@ class _StepTimes:
 
 def train_zspace(pack: Path, out: Path, *, kind: str, width: int, k: int, steps: int, threads: int,
                  **options) -> tuple[SparseAutoencoder, dict]:
-    """zspace.sae.train_sae with its default lr for the kind (constant), timed per step."""
-    lr = 2e-4 if kind == "relu" else 1e-3
+    """zspace.sae.train_sae with its default lr (2e-4 / sqrt(width / 2^14), constant), timed per step."""
+    lr = sae_train.default_lr(width)
     config = TrainConfig(epochs=None, steps=steps, batch_size=BATCH, lr=lr, lr_schedule="constant",
                          threads=threads, seed=0)
     timer = _StepTimes()
@@ -278,8 +278,8 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
            "harvested tokens) after loading every peer's weights into a zspace topk SAE (reconstruction checked "
            "against the peer's own to 1e-4: largest difference in column check). Tokens/s: training rows per "
            "second over steps 2..S (the first step excluded). The budgets are short (what the shared CPU allowed "
-           "for 27 SAEs): they favour the fast-converging optimizer (sparsify's schedule-free signum at a 14-47x "
-           "larger lr than zspace's Adam at 1e-3); they are not converged results. MiniLM at 32x (12,288 "
+           "for 27 SAEs): they favour fast-converging optimizers (sparsify's schedule-free signum; zspace's Adam at "
+           "Gao et al.'s width-scaled lr); they are not converged results. MiniLM at 32x (12,288 "
            "features) was left out: out of this CPU budget for three libraries."]
     verdict = []
     for name in models:
@@ -337,7 +337,7 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
 PARETO = {"relu": [("sparsity_weight", v) for v in (0.5, 2.0, 5.0, 20.0)],
           "topk": [("k", v) for v in (8, 16, 32, 64)],
           "batchtopk": [("k", v) for v in (8, 16, 32, 64)],
-          "jumprelu": [("sparsity_weight", v) for v in (0.001, 0.01, 0.03, 0.1)]}
+          "jumprelu": [("sparsity_weight", v) for v in (0.1, 1.0, 5.0, 20.0)]}
 
 
 def pareto(pack: Path, work: Path, args) -> tuple[list[dict], int, int]:
@@ -405,7 +405,7 @@ def draw_pareto(points: list[dict], tokens: int, n: int, d: int) -> None:
 def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], reuse: bool = False) -> str:
     out = [f"Command: `{command_line()}`{REUSED if reuse else ''}", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
            f"zspace SAEs at 8x (width 512) on stories260K `resid_post.2`, {tokens:,} training tokens each "
-           f"(batch 4096, seed 0, lr 2e-4 for relu and 1e-3 for the others, constant), FVU and L0 on "
+           f"(batch 4096, seed 0, zspace's default lr 2e-4/sqrt(width/2^14) = 0.0283, constant), FVU and L0 on "
            f"N = {n:,} held-out tokens. Figure: docs/figures/sae-pareto-stories260k.png", "",
            "| kind | setting | L0 | FVU | dead (held-out) |", "|---|---|---|---|---|"]
     for p in points:
