@@ -131,7 +131,7 @@ class _StepTimes:
 
 def train_zspace(pack: Path, out: Path, *, kind: str, width: int, k: int, steps: int, threads: int,
                  **options) -> tuple[SparseAutoencoder, dict]:
-    """zspace.sae.train_sae with its default lr (2e-4 / sqrt(width / 2^14), constant), timed per step."""
+    """zspace.sae.train_sae with its default lr (5e-3 / sqrt(width / 2^14), constant), timed per step."""
     lr = sae_train.default_lr(width)
     config = TrainConfig(epochs=None, steps=steps, batch_size=BATCH, lr=lr, lr_schedule="constant",
                          threads=threads, seed=0)
@@ -405,7 +405,7 @@ def draw_pareto(points: list[dict], tokens: int, n: int, d: int) -> None:
 def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], reuse: bool = False) -> str:
     out = [f"Command: `{command_line()}`{REUSED if reuse else ''}", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
            f"zspace SAEs at 8x (width 512) on stories260K `resid_post.2`, {tokens:,} training tokens each "
-           f"(batch 4096, seed 0, zspace's default lr 2e-4/sqrt(width/2^14) = 0.0283, constant), FVU and L0 on "
+           f"(batch 4096, seed 0, zspace's default lr 5e-3/sqrt(width/2^14) = 0.0283, constant), FVU and L0 on "
            f"N = {n:,} held-out tokens. Figure: docs/figures/sae-pareto-stories260k.png", "",
            "| kind | setting | L0 | FVU | dead (held-out) |", "|---|---|---|---|---|"]
     for p in points:
