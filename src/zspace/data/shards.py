@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.io import fsync_dir, write_json_atomic
 from ..errors import DataError
 from .dataset import Dataset, checked_values, release_mapping
 
@@ -53,29 +54,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _shard_file(i: int, column: str | None = None) -> str:
@@ -263,7 +241,7 @@ class ShardWriter:
                              "example_shape": [int(s) for s in example_shape], "dtype": dtype,
                              "columns": cols, "shards": [], "metadata": dict(metadata or {})}
             self.path.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(self.path / MANIFEST, self.manifest)
+            write_json_atomic(self.path / MANIFEST, self.manifest)
         self._buffer: list[tuple[np.ndarray, dict]] = []
         self._buffered = 0
 
@@ -334,9 +312,9 @@ class ShardWriter:
             sums[fname] = h.hash.hexdigest()
         for fname in files:
             os.replace(self.path / (fname + ".tmp"), self.path / fname)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         self.manifest["shards"].append({"rows": int(n), "sha256": sums})
-        _write_json_atomic(self.path / MANIFEST, self.manifest)
+        write_json_atomic(self.path / MANIFEST, self.manifest)
 
     def close(self) -> "ShardStore | None":
         """Writes the buffered rows as a last shard; returns the store opened for reading."""

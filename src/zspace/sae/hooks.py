@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.shards import MANIFEST, ShardStore, ShardWriter, _write_json_atomic, is_store
+from ..core.io import write_json_atomic
+from ..data.shards import MANIFEST, ShardStore, ShardWriter, is_store
 from ..errors import ConfigError, DataError
 from .corpus import corpus_digest, read_corpus
 from .lm import LanguageModel
@@ -361,7 +362,7 @@ def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, bat
                                        tokens_per_s=round(n_new / max(time.perf_counter() - t0, 1e-9), 1))
     if writer._buffered:
         return writer.close()
-    _write_json_atomic(out / MANIFEST, writer.manifest)       # nothing left to flush: record completion
+    write_json_atomic(out / MANIFEST, writer.manifest)       # nothing left to flush: record completion
     return ShardStore(out)
 
 
