@@ -142,7 +142,7 @@ class ImageFolder(Dataset):
             self._y = np.array([lookup[p] for p in parents], np.int64)
         else:
             self._y = None
-        first = self._open(0)                      # the first image fixes mode and size
+        first = self._open(0)[0]                   # the first image fixes mode and size
         self.channels = channels or (1 if first.mode in ("1", "L", "I", "I;16", "F") else 3)
         self._native = image_size is None
         if image_size is None:
@@ -205,26 +205,15 @@ class ImageFolder(Dataset):
         except OSError as e:
             raise DataError(f"{self.where(i)}: cannot be read ({e.strerror or e})") from None
 
-    def _open(self, i: int):
+    def _open(self, i: int, scaled: bool = False):
+        """(image, decoded width / stored width). With ``scaled`` a JPEG is decoded at the smallest
+        scale that still gives the output size (Pillow's draft mode)."""
         from PIL import Image, UnidentifiedImageError
 
-        try:
-            img = Image.open(io.BytesIO(self._bytes(i)))
-            img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DataError(f"{self.where(i)}: not a readable image ({e})") from None
-        return img
-
-    def _open_scaled(self, i: int):
-        """Like _open, but a JPEG is decoded at the smallest scale that keeps the output sharp."""
-        from PIL import Image, UnidentifiedImageError
-
-        if self._native:
-            return self._open(i), 1.0
         try:
             img = Image.open(io.BytesIO(self._bytes(i)))
             w0 = img.size[0]
-            if img.format == "JPEG":
+            if scaled and img.format == "JPEG":
                 w, h = img.size
                 side = min(w, h) if self.crop is None else min(self.crop, w, h)
                 k = self.size[0] / side             # output pixels per source pixel
@@ -237,7 +226,7 @@ class ImageFolder(Dataset):
     def _decode(self, i: int) -> np.ndarray:
         from PIL import Image
 
-        img, scale = self._open_scaled(i)
+        img, scale = self._open(i, scaled=not self._native)
         grey = img.mode in ("1", "L", "I", "I;16", "F", "LA")
         if self.auto_channels and self.channels == 3 and grey:
             raise DataError(f"{self.where(i)}: a grey image in an RGB set; pass channels=3 "
