@@ -92,6 +92,11 @@ class SAEConfig(ModelConfig):
         return self.kind != "relu" if self.unit_norm_decoder is None else bool(self.unit_norm_decoder)
 
 
+def _near(pre: torch.Tensor, theta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The rectangle kernel K((pre - theta) / eps) / eps of the straight-through estimators."""
+    return ((pre - theta).abs() < eps / 2).to(pre.dtype) / eps
+
+
 class _JumpReLU(torch.autograd.Function):
     """pre * H(pre - theta): the exact value forward; backward passes the gradient to pre where
     the unit is on and to theta through a rectangle kernel of width ``bandwidth``."""
@@ -105,8 +110,7 @@ class _JumpReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         pre, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
-        near = ((pre - theta).abs() < eps / 2).to(grad.dtype) / eps
+        near = _near(pre, theta, ctx.bandwidth).to(grad.dtype)
         g_theta = -(theta * near * grad).sum(0)
         return grad * (pre > theta), g_theta, None
 
@@ -123,8 +127,7 @@ class _Heaviside(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         pre, theta = ctx.saved_tensors
-        eps = ctx.bandwidth
-        near = ((pre - theta).abs() < eps / 2).to(grad.dtype) / eps
+        near = _near(pre, theta, ctx.bandwidth).to(grad.dtype)
         return None, -(near * grad).sum(0), None
 
 

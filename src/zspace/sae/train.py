@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError
 from ..models.sae import SAEConfig, SparseAutoencoder
 from ..training import TrainConfig
 from ..training.run import Run, load_run, train
+from .hooks import _windows as document_windows
 from .hooks import replace_output
 from .lm import LanguageModel, load_language_model, sentence_embeddings
 
@@ -132,16 +133,16 @@ def _zero(keep_first: int):
 
 
 def _windows(lm: LanguageModel, texts, context: int, max_tokens: int) -> list[list[int]]:
+    """The harvest's windows of the texts (specials included), those with at least 2 tokens,
+    until ``max_tokens`` tokens."""
     windows, total = [], 0
-    for ids in lm.tokenize(list(texts), special=False):
-        for s in range(0, len(ids), context - len(lm.prefix) - len(lm.suffix)):
-            piece = ids[s:s + context - len(lm.prefix) - len(lm.suffix)]
-            if len(piece) < 2:
-                continue
-            windows.append(list(lm.prefix) + piece + list(lm.suffix))
-            total += len(piece)
-            if total >= max_tokens:
-                return windows
+    for _, _, window, rows in document_windows(lm, list(texts), context, exclude_special=True):
+        if len(rows) < 2:
+            continue
+        windows.append(window)
+        total += len(rows)
+        if total >= max_tokens:
+            break
     return windows
 
 
