@@ -44,6 +44,26 @@ def test_topk_keeps_exactly_k_and_batchtopk_keeps_k_on_average():
     assert float(b.threshold) > 0                     # learned for evaluation
 
 
+@pytest.mark.parametrize("dense_vals,dense_w", [(0, 0), (10**6, 10**6), (10**6, 0)])
+def test_sparse_decode_gradients_equal_the_dense_product(monkeypatch, dense_vals, dense_w):
+    """Both backward paths (gathered rows, dense products) give autograd's gradient of f @ W."""
+    from zspace.models.sae import _SparseDecode, sparse_decode
+
+    monkeypatch.setattr(_SparseDecode, "DENSE_VALS", dense_vals)
+    monkeypatch.setattr(_SparseDecode, "DENSE_W", dense_w)
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(40, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(40, generator=g)[:5] for _ in range(9)])
+    vals = torch.rand(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    (sparse_decode(idx, vals, W) * up).sum().backward()
+    gv, gw = vals.grad.clone(), W.grad.clone()
+    vals.grad = W.grad = None
+    f = torch.zeros(9, 40, dtype=torch.float64).scatter(1, idx, vals)
+    ((f @ W) * up).sum().backward()
+    assert torch.allclose(gv, vals.grad) and torch.allclose(gw, W.grad)
+
+
 def test_fvu_and_l0_known_answers():
     x, _ = sparse_data(500)
     m = sae(kind="relu")
