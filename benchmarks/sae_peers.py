@@ -53,7 +53,6 @@ from zspace.models.sae import SAEConfig, SparseAutoencoder  # noqa: E402
 from zspace.sae.corpus import read_corpus  # noqa: E402
 from zspace.sae.hooks import harvest  # noqa: E402
 from zspace.sae.lm import load_language_model  # noqa: E402
-from zspace.training import TrainConfig  # noqa: E402
 
 CORPUS = SHARED_DATA / "text" / "tinystories-lower.txt"
 MODELS = {   # name: (model, hook, tokens harvested, default training budget in tokens)
@@ -131,10 +130,10 @@ class _StepTimes:
 
 def train_zspace(pack: Path, out: Path, *, kind: str, width: int, k: int, steps: int, threads: int,
                  **options) -> tuple[SparseAutoencoder, dict]:
-    """zspace.sae.train_sae with its default lr (5e-3 / sqrt(width / 2^14), constant), timed per step."""
-    lr = sae_train.default_lr(width)
-    config = TrainConfig(epochs=None, steps=steps, batch_size=BATCH, lr=lr, lr_schedule="constant",
-                         threads=threads, seed=0)
+    """zspace.sae.train_sae with its defaults (schedule-free signum at 5e-3 / sqrt(width / 2^14),
+    constant), timed per step."""
+    config = sae_train.default_config(width, epochs=None, steps=steps, batch_size=BATCH, threads=threads, seed=0)
+    lr = config.lr
     timer = _StepTimes()
     with mock.patch.object(sae_train, "train", partial(sae_train.train, callbacks=[timer])):
         run = sae_train.train_sae(pack, out, kind=kind, width=width, k=k, config=config, progress=False,

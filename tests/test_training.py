@@ -328,6 +328,42 @@ def test_optimizers_train_differently_and_resume_exactly(digits, tmp_path):
     assert same_weights(weights(full.model), weights(resumed.model))   # momentum buffers restored
 
 
+def test_schedule_free_signum_follows_its_recursion():
+    """y = (1-b) z + b x is where the gradient is taken; z steps by -lr sign(g); x averages z."""
+    from zspace.training.optim import ScheduleFreeSignum
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = ScheduleFreeSignum([w], lr=0.1, momentum=0.9)
+    z, x = w.detach().clone(), w.detach().clone()
+    target = torch.tensor([0.3, 0.3, 0.3])
+    for t in range(1, 6):
+        opt.zero_grad()
+        ((w - target) ** 2).sum().backward()
+        g = w.grad.detach().clone()
+        opt.step()
+        z = z - 0.1 * g.sign()
+        x = x + (z - x) / t
+        assert torch.allclose(w.detach(), 0.1 * z + 0.9 * x, atol=1e-6)
+    with opt.average():
+        assert torch.allclose(w.detach(), x, atol=1e-6)
+    assert torch.allclose(w.detach(), 0.1 * z + 0.9 * x, atol=1e-6)   # the training point is back
+
+
+def test_signum_saves_and_evaluates_the_average_and_resumes_exactly(digits, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = tiny_config(epochs=2, lr_schedule="constant", optimizer="signum", momentum=0.95, lr=3e-3)
+    full = train("vae", digits, out=tmp_path / "full", config=cfg, progress=False, figures=False, **OPTS)
+    saved = load_file(str(ck.latest_checkpoint(tmp_path / "full") / "model.safetensors"))
+    assert same_weights(weights(full.model), saved)      # the model in memory is the saved average
+    train("vae", digits, out=tmp_path / "part", config=cfg.replace(epochs=1), progress=False,
+          figures=False, **OPTS)
+    resumed = resume(tmp_path / "part", epochs=2, progress=False, figures=False)
+    assert same_weights(weights(full.model), weights(resumed.model))
+    adam = train("vae", digits, config=cfg.replace(optimizer="adam"), progress=False, figures=False, **OPTS)
+    assert not same_weights(weights(full.model), weights(adam.model))
+
+
 def test_step_intervals_and_callbacks(digits, tmp_path):
     from zspace.training.trainer import Callback
 

@@ -781,9 +781,6 @@ def cmd_sae(a) -> None:
 
         opts = _given(a, SAEConfig, skip=("input_shape", "width", "kind", "k"))
         train_opts = _given(a, TrainConfig)
-        train_opts.setdefault("epochs", 1)
-        train_opts.setdefault("batch_size", 4096)
-        train_opts.setdefault("lr_schedule", "constant")
         if a.expansion < 1:
             raise ConfigError(f"--expansion must be at least 1, got {a.expansion}")
         if a.width is not None and a.width < 1:
@@ -791,9 +788,8 @@ def cmd_sae(a) -> None:
         from .data import load_dataset as _load
 
         d = _load(str(a.store), test_fraction=a.test_fraction).example_shape[-1]
-        train_opts.setdefault("lr", sae.default_lr(a.width or a.expansion * d))
         run = sae.train_sae(a.store, a.out, kind=a.kind, width=a.width, expansion=a.expansion, k=a.k,
-                            config=TrainConfig(**train_opts), test_fraction=a.test_fraction,
+                            config=sae.default_config(a.width or a.expansion * d, **train_opts), test_fraction=a.test_fraction,
                             progress=not a.no_progress, overwrite=a.overwrite, **opts)
         last = run.history()[-1]
         print(f"trained {run.model.describe()}: step {last['step']}, test FVU {last.get('test_fvu', float('nan')):.4f}, "

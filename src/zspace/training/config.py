@@ -9,7 +9,7 @@ from ..errors import ConfigError
 from ..models.base import ModelConfig, check_positive, check_positive_int
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "signum")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -30,8 +30,8 @@ class TrainConfig(ModelConfig):
     threads: int | None = None        # torch intra-op threads (None: torch's default)
     workers: int = 0                  # loader processes reading/decoding batches (same batches as 0)
     device: str = "cpu"
-    optimizer: str = "adam"           # adam (L2 weight decay), adamw (decoupled), sgd
-    momentum: float = 0.9             # sgd only
+    optimizer: str = "adam"           # adam (L2 weight decay), adamw (decoupled), sgd, signum (schedule-free sign descent)
+    momentum: float = 0.9             # sgd; signum: the schedule-free interpolation beta
     beta1: float = 0.9                # adam/adamw
     beta2: float = 0.999
     eval_every_steps: int | None = None        # also evaluate every N optimiser steps

@@ -40,6 +40,7 @@ from .checkpoint import (check_rng_tensors, check_state, latest_checkpoint, load
                          optimizer_from_flat, read_json, save_checkpoint, write_text_atomic)
 from .config import TrainConfig
 from .distributed import Dist, collective, init_from_env
+from .optim import AveragedIterates, ScheduleFreeSignum
 
 EVAL_SEED = 12345
 
@@ -115,6 +116,8 @@ def build_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
         groups = [{"params": params}]
     if c.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    if c.optimizer == "signum":
+        return ScheduleFreeSignum(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
     return cls(groups, lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay)
 
@@ -262,6 +265,11 @@ class Trainer:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
+    def _averaged(self) -> AveragedIterates:
+        """The optimizer's evaluation point (schedule-free: the average of the iterates), or a
+        no-op for optimizers whose parameters are that point already."""
+        return self.optimizer if isinstance(self.optimizer, AveragedIterates) else AveragedIterates()
+
     # ---- checkpoints -------------------------------------------------------------------
     def resume(self) -> None:
         """Loads weights, optimiser, this rank's RNG and progress from the latest checkpoint."""
@@ -279,6 +287,7 @@ class Trainer:
                 f"{path} was written mid-epoch by {s.world_size} process(es); resume it with "
                 f"{s.world_size} (--nproc {s.world_size}), or from an epoch boundary with any number"))
         optimizer_from_flat(self.optimizer, tensors, state["optimizer"])
+        self._averaged().restore_training_point()   # the weights file holds the evaluation point
         self._restore_rng(tensors, s)
         s.world_size = ws
         self.state = s
@@ -310,6 +319,10 @@ class Trainer:
         return out
 
     def _checkpoint(self) -> None:
+        with self._averaged().average():   # the saved weights are the ones to evaluate
+            self._checkpoint_here()
+
+    def _checkpoint_here(self) -> None:
         s = self.state
         bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
         if bad:  # a NaN/Inf gradient on the last batch would otherwise be saved as "good"
@@ -375,6 +388,10 @@ class Trainer:
         likelihoods must not carry bf16's rounding). Ranks split the batches; sums all-reduced."""
         if self.test_loader is None:
             return {}
+        with self._averaged().average():
+            return self._evaluate_here()
+
+    def _evaluate_here(self) -> dict[str, float]:
         was_training = self.model.training
         self.model.eval()
         sums: dict[str, torch.Tensor] = {}
@@ -451,6 +468,7 @@ class Trainer:
             bar.close()
             s.train_seconds += time.perf_counter() - epoch_start
             self._end_epoch(total)
+        self._averaged().finish()   # the trained model in memory is the one the checkpoint holds
         if self.tb is not None:
             self.tb.close()
         return s
