@@ -229,7 +229,7 @@ def peers_grid(name: str, pack: Path, work: Path, args) -> list[dict]:
                 width = expansion * d
                 tag = f"{lib}-w{width}-k{k}-s{steps}"
                 done = cache / f"{tag}.json"
-                if args.reuse and done.is_file():
+                if args.reuse and lib not in args.retrain and done.is_file():
                     results.append(json.loads(done.read_text()))
                     continue
                 t0 = time.perf_counter()
@@ -269,7 +269,11 @@ def _fidelity_str(f: dict) -> str:
 def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
     by = {(r["model"], r["library"], r["width"], r["k"]): r for r in results}
     models = sorted({r["model"] for r in results}, key=list(MODELS).index)
-    out = [f"Command: `{command_line()}`{REUSED if args.reuse else ''}", f"Machine: {machine()}; load average during the run: {', '.join(loads)} "
+    reused = REUSED if args.reuse and not args.retrain else (
+        f" ({', '.join(args.retrain)} trained and measured in this run; "
+        f"{', '.join(lib for lib in LIBRARIES if lib not in args.retrain)} re-assembled from the per-SAE results "
+        "an earlier run of the same command cached in --work)" if args.reuse else "")
+    out = [f"Command: `{command_line()}`{reused}", f"Machine: {machine()}; load average during the run: {', '.join(loads)} "
            "(2 cores shared with other developers' jobs: throughput is indicative, compare within a row group).",
            "", "TopK SAEs, batch 4096, seed 0, one torch thread, libraries one after another on the same stored "
            "activations and the same batch order; each library at its own default learning rate (column lr). "
@@ -277,8 +281,8 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
            "harvested tokens) after loading every peer's weights into a zspace topk SAE (reconstruction checked "
            "against the peer's own to 1e-4: largest difference in column check). Tokens/s: training rows per "
            "second over steps 2..S (the first step excluded). The budgets are short (what the shared CPU allowed "
-           "for 27 SAEs): they favour fast-converging optimizers (sparsify's schedule-free signum; zspace's Adam at "
-           "Gao et al.'s width-scaled lr); they are not converged results. MiniLM at 32x (12,288 "
+           "for 27 SAEs): they favour fast-converging optimizers (schedule-free signum, the default of both sparsify and zspace, "
+           "at Gao et al.'s width-scaled lr); they are not converged results. MiniLM at 32x (12,288 "
            "features) was left out: out of this CPU budget for three libraries."]
     verdict = []
     for name in models:
@@ -438,6 +442,8 @@ def main() -> None:
     p.add_argument("--fidelity-tokens", type=int, default=20_000)
     p.add_argument("--work", default="/tmp/sae-peers", help="activations, runs and per-SAE results")
     p.add_argument("--reuse", action="store_true", help="keep per-SAE results already in --work")
+    p.add_argument("--retrain", nargs="*", choices=LIBRARIES, default=[],
+                   help="with --reuse: these libraries are trained and measured again all the same")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md and the figure alone")
     args = p.parse_args()
     args.budget = {m: int(v) for m, v in (b.split("=") for b in args.budget)}

@@ -220,6 +220,21 @@ def test_splicing_an_identity_sae_recovers_all_of_the_loss():
     assert out["ce_zero_ablated"] != pytest.approx(out["ce_clean"])
 
 
+def test_sae_defaults_schedule_free_on_the_unit_sphere_with_a_budget_relative_dead_window(tmp_path):
+    from zspace.sae import default_config
+
+    x, _ = sparse_data(3000)
+    store = _store(tmp_path / "acts", x)
+    cfg = default_config(64, epochs=None, steps=60, batch_size=128)
+    assert cfg.optimizer == "signum" and cfg.lr_schedule == "constant"
+    run = train_sae(store, tmp_path / "r", kind="topk", width=64, k=3, config=cfg, test_fraction=0.1,
+                    progress=False)
+    # the schedule-free average is what was saved and evaluated, and its decoder rows are unit too
+    assert torch.allclose(run.model.W_dec.detach().norm(dim=1), torch.ones(64), atol=1e-5)
+    assert run.model.config.dead_tokens == 60 * 128 // 8
+    assert run.history()[-1]["test_fvu"] < 0.5
+
+
 def test_sae_cli_bad_input_is_one_line(tmp_path, capsys):
     x, _ = sparse_data(200)
     store = _store(tmp_path / "acts", x)

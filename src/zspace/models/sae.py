@@ -249,8 +249,11 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         return grad - (grad * w).sum(1, keepdim=True) * w
 
     @torch.no_grad()
-    def normalize_decoder(self) -> None:
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    def normalize_decoder(self, *copies: torch.Tensor) -> None:
+        """Unit decoder rows, in W_dec and in any ``copies`` of it an optimizer keeps (the
+        iterates of a schedule-free method, so that the average it evaluates is on the sphere too)."""
+        for w in (self.W_dec, *copies):
+            w.div_(w.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def training_callbacks(self) -> list:
         if not self.config.unit_norm:
@@ -260,7 +263,8 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
 
         class _UnitNorm:
             def on_step_end(self, trainer):
-                from_model.normalize_decoder()
+                copies = trainer.parameter_copies(from_model.W_dec) if trainer is not None else ()
+                from_model.normalize_decoder(*copies)
 
             def on_eval(self, trainer, metrics):
                 pass

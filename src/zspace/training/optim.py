@@ -34,6 +34,11 @@ class AveragedIterates:
     def finish(self) -> None:
         """Leaves the evaluation point in the parameters for good (the end of training)."""
 
+    def iterates(self, p: torch.Tensor) -> list[torch.Tensor]:
+        """The copies of parameter ``p`` the optimizer keeps, for constraints (projections) that
+        must hold for all of them."""
+        return []
+
     def restore_training_point(self) -> None:
         """After a resume: the parameters back at the training point saved with the state."""
 
@@ -92,6 +97,10 @@ class ScheduleFreeSignum(AveragedIterates, torch.optim.Optimizer):
             with torch.no_grad():
                 for _, p, st in tracked:
                     p.copy_(st["y"])
+
+    def iterates(self, p: torch.Tensor) -> list[torch.Tensor]:
+        st = self.state.get(p)
+        return [st["z"], st["x"]] if st else []
 
     @torch.no_grad()
     def finish(self) -> None:

@@ -265,6 +265,11 @@ class Trainer:
             return t
         return t.pin_memory().to(self.device, non_blocking=True)
 
+    def parameter_copies(self, p: torch.Tensor) -> list[torch.Tensor]:
+        """The optimizer's own copies of parameter ``p`` (schedule-free iterates), for a callback
+        that projects parameters (a unit-norm decoder) and must project those too."""
+        return self._averaged().iterates(p)
+
     def _averaged(self) -> AveragedIterates:
         """The optimizer's evaluation point (schedule-free: the average of the iterates), or a
         no-op for optimizers whose parameters are that point already."""
