@@ -41,6 +41,7 @@ from sklearn.base import BaseEstimator
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from .core.compute import small_fit_threads
 from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
 from .errors import ConfigError
@@ -111,7 +112,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         xs = self._scale(X)
         self.seed_ = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
-                             seed=self.seed_)
+                             seed=self.seed_, threads=small_fit_threads(X.size))
         with seeded(self.seed_):
             model = build_model(self.model, self._model_options(X.shape[1], latent_dim))
             Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config, progress=False).fit()

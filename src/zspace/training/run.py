@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.compute import resolve_device, resolve_threads
 from ..core.version import __version__
 from ..data.dataset import DataSplits
 from ..data.loader import BatchLoader
@@ -143,7 +144,7 @@ def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, 
                       "custom_networks": bool(model.custom_networks)},
             "data": data.to_dict(), "train": train.to_dict(),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads()},
+                            "threads": resolve_threads(train.threads)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -337,6 +338,7 @@ def _model_from_config(cfg: dict) -> Model:
 def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     """Opens a run folder with its latest weights (safetensors: no code is executed)."""
     run_dir = Path(run_dir)
+    device = resolve_device(map_location)   # no GPU for "cuda": one line, before anything loads
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a zspace run (no {CONFIG_FILE})")
     cfg = read_run_config(run_dir)
@@ -344,5 +346,5 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     checkpoint = latest_checkpoint(run_dir)
     load_weights(model, checkpoint / "model.safetensors")
     history = read_state(checkpoint)["history"]
-    model.to(map_location).eval()
+    model.to(device).eval()
     return Run(run_dir, cfg, model, history=history)
