@@ -228,8 +228,32 @@ DETECTOR_FILE = "detector.json"
 _CLASSES = {c.__name__: c for c in (GenerativeOutlierDetector, AutoencoderOutlierDetector, VAEOutlierDetector)}
 
 
-def save_detector(det: GenerativeOutlierDetector, path) -> Path:
-    """Writes a fitted detector to the folder ``path`` (replaced atomically if it exists)."""
+def detector_rows(source, split: str = "all", label_column=None, detector=None):
+    """(x, y): a data source's rows as float32 features (images flattened, 8-bit scaled to [0, 1])
+    and its labels. With a fitted ``detector`` and no ``label_column``, the label column given
+    at fit (kept in the saved detector) is left out of the features when the file has it."""
+    from .data import load_dataset
+    from .errors import DataError
+
+    def rows(column):
+        part = load_dataset(source, label_column=column).split(split)
+        x = part.x.reshape(len(part), -1)
+        return (x.astype(np.float32) / 255.0 if part.is_8bit else x.astype(np.float32)), part.y
+
+    remembered = getattr(detector, "label_column_", None)
+    if label_column is None and remembered is not None:
+        try:
+            x, y = rows(remembered)
+            if x.shape[1] == detector.n_features_in_:
+                return x, y
+        except DataError:   # no such column: rows without labels, scored as they are
+            pass
+    return rows(label_column)
+
+
+def save_detector(det: GenerativeOutlierDetector, path, label_column=None) -> Path:
+    """Writes a fitted detector to the folder ``path`` (replaced atomically if it exists);
+    ``label_column``, the CSV column left out of its features, is kept for scoring."""
     import json
 
     from safetensors.torch import save_file
@@ -249,6 +273,7 @@ def save_detector(det: GenerativeOutlierDetector, path) -> Path:
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in det.get_params().items()},
             "n_features": int(det.n_features_in_), "seed": det.seed_, "threshold": det.threshold_,
             "typical_nll": getattr(det, "typical_nll_", None),
+            "label_column": label_column if label_column is not None else getattr(det, "label_column_", None),
             "model": {"name": det.model_.name, "config": det.model_.config.to_dict()}}
 
     def fill(tmp: Path) -> None:
@@ -294,6 +319,10 @@ def load_detector(path) -> GenerativeOutlierDetector:
                                          if k.startswith("scaler_")})
     if meta.get("typical_nll") is not None:
         det.typical_nll_ = meta["typical_nll"]
+    label = meta.get("label_column")
+    if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+        raise CheckpointError(f"{path / DETECTOR_FILE}: label_column must be a column name or index, got {label!r}")
+    det.label_column_ = label
     if "latent_mean" in arrays:
         det.latent_ = LatentGaussian.from_arrays(arrays["latent_mean"].numpy(), arrays["latent_precision"].numpy())
     return det

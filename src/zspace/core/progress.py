@@ -7,23 +7,44 @@ examples), 52 s, ETA 78 s" every ~10 s or 10 %, never hundreds of carriage retur
             ...
             bar.update(len(batch))
 
-``enabled=False`` shows nothing; ``set_enabled(False)`` turns every bar off for the process
-(the CLI's ``--no-progress``). Messages go to stderr so results on stdout stay clean.
+``enabled=True``/``False`` shows it or not; ``enabled=None`` (the default) follows the process
+setting, which is off in a library call and on in the ``zspace`` command (``set_enabled``;
+``--no-progress`` turns every bar off). Messages go to stderr so results on stdout stay clean.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Iterable, Iterator, TextIO
 
-_ENABLED = True
+_SETTING: bool | None = None   # None: never set (a library call): only bars asked for explicitly
 EVERY_SECONDS = 10.0     # plain lines: at most this far apart (and at every 10 % step)
 
 
 def set_enabled(on: bool) -> None:
-    """Turns every progress display of this process on or off."""
-    global _ENABLED
-    _ENABLED = bool(on)
+    """Shows every progress display of this process (True) or none at all (False)."""
+    global _SETTING
+    _SETTING = bool(on)
+
+
+@contextlib.contextmanager
+def showing(on: bool) -> Iterator[None]:
+    """``set_enabled(on)`` for the block, the previous setting afterwards."""
+    global _SETTING
+    before = _SETTING
+    _SETTING = bool(on)
+    try:
+        yield
+    finally:
+        _SETTING = before
+
+
+def is_enabled(enabled: bool | None = None) -> bool:
+    """Whether a display asked for with ``enabled`` shows, under the process setting."""
+    if _SETTING is False:
+        return False
+    return bool(_SETTING) if enabled is None else bool(enabled)
 
 
 def _duration(seconds: float) -> str:
@@ -39,10 +60,10 @@ class Progress:
     """Counts ``total`` units of work (None: unknown) and shows rate, elapsed time and ETA."""
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", *, initial: int = 0,
-                 enabled: bool = True, stream: TextIO | None = None, every: float | None = None):
+                 enabled: bool | None = None, stream: TextIO | None = None, every: float | None = None):
         self.total, self.desc, self.unit, self.n = total, desc, unit, initial
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = enabled and _ENABLED
+        self.enabled = is_enabled(enabled)
         self.every = EVERY_SECONDS if every is None else every
         self.postfix = ""
         self._start = time.perf_counter()
@@ -119,7 +140,7 @@ class Progress:
         self.close()
 
 
-def track(items: Iterable, desc: str, total: int | None = None, unit: str = "it", enabled: bool = True,
+def track(items: Iterable, desc: str, total: int | None = None, unit: str = "it", enabled: bool | None = None,
           size=None) -> Iterator:
     """Yields ``items`` while counting them (``size(item)`` units each: e.g. a batch's rows)."""
     if total is None and hasattr(items, "__len__"):

@@ -122,6 +122,9 @@ def _sparsity_kl_of_sums(rho: float, total: torch.Tensor) -> torch.Tensor:
 
 @register
 class Autoencoder(Model, ContinuousCode, Reconstructs):
+    """Deterministic autoencoder trained on reconstruction error; presets give the basic, linear,
+    conv, denoising, dropout and sparse variants."""
+
     name = "ae"
     config_class = AutoencoderConfig
 

@@ -76,6 +76,9 @@ class VAEConfig(ModelConfig):
 
 @register
 class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
+    """Variational autoencoder (Kingma & Welling 2014): Gaussian q(z|x), N(0, I) prior, a decoder
+    likelihood of choice, trained on the ELBO (also beta-VAE, IWAE and beta-TCVAE)."""
+
     name = "vae"
     config_class = VAEConfig
 

@@ -260,15 +260,20 @@ def check_output_path(path: str | Path) -> None:
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None = None,
            data: DataSplits | None = None, progress: bool = True, figures: bool = True,
-           on_epoch_end=None, callbacks=()) -> Run:
+           on_epoch_end=None, callbacks=(), threads: int | None = None, workers: int | None = None) -> Run:
     """Continues a run from its latest checkpoint, exactly as if it had never stopped.
 
     ``epochs``/``steps`` extend the run (the learning-rate schedule then follows the new
-    total, so the result differs from a run planned that long from the start).
+    total, so the result differs from a run planned that long from the start). ``threads`` and
+    ``workers`` change how it computes, not what: the same batches, but bit-exact equality
+    with an uninterrupted run needs the thread count it had.
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     train_cfg = TrainConfig.from_dict(cfg["train"])
+    if threads is not None or workers is not None:
+        train_cfg = dataclasses.replace(train_cfg, threads=threads if threads is not None else train_cfg.threads,
+                                        workers=workers if workers is not None else train_cfg.workers)
     if epochs is not None or steps is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs if epochs is not None else train_cfg.epochs,
                                         steps=steps)

@@ -430,7 +430,7 @@ class Trainer:
         self._seen = s.epoch_seen if main else 0
         refresh = max(1, spe // 20)   # progress-bar averages: a host sync only this often
         # one bar over the whole run (its ETA covers every remaining epoch, not only this one)
-        self._bar = bar = Progress(total, self._epoch_desc(), "step", initial=s.step, enabled=self.progress)
+        self._bar = bar = Progress(total, self._epoch_desc(), "steps", initial=s.step, enabled=self.progress)
         run_start, start_step = time.perf_counter(), s.step
         while s.step < total:
             epoch_start = time.perf_counter()
