@@ -42,6 +42,7 @@ from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from .core.compute import small_fit_threads
+from .core.progress import Progress, is_enabled
 from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
 from .errors import ConfigError
@@ -115,7 +116,8 @@ class GenerativeOutlierDetector(BaseEstimator):
                              seed=self.seed_, threads=small_fit_threads(X.size))
         with seeded(self.seed_):
             model = build_model(self.model, self._model_options(X.shape[1], latent_dim))
-            Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config, progress=False).fit()
+            Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config,
+                    progress=is_enabled()).fit()   # the CLI's bar; silent in a library call
         self.model_ = model.eval()
         if self.score_type == "mahalanobis":      # refuses fewer rows than latent dimensions, clearly
             self.latent_ = LatentGaussian(self._codes(xs))
@@ -159,7 +161,9 @@ class GenerativeOutlierDetector(BaseEstimator):
     @torch.no_grad()
     def _raw_scores(self, X: np.ndarray, score: str) -> np.ndarray:
         out = []
+        bar = Progress(len(X), f"detect: {score} scores", "rows")   # shown by the CLI (core.progress)
         for b in _chunks(X, 1024):
+            bar.update(len(b))
             x = torch.from_numpy(self._scale(b))
             if score == "reconstruction":
                 out.append(((self.model_.reconstruct(x) - x) ** 2).mean(1).double().numpy())
@@ -175,6 +179,7 @@ class GenerativeOutlierDetector(BaseEstimator):
             eps = _row_noise(b, k, q.mean.shape[1], self.seed_)                          # (k, B, D)
             ll = importance_sampled_log_likelihood(self.model_, x, k, eps=eps, posterior=q)
             out.append(-ll.numpy() - jacobian)
+        bar.close()
         return np.concatenate(out)
 
 
