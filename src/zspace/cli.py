@@ -153,13 +153,14 @@ def _add_image_flags(p: argparse.ArgumentParser, channels_flag: str = "--channel
                    help="images: leave out files that do not decode (counted) instead of stopping")
 
 
-def _add_compute_flags(p: argparse.ArgumentParser, device: bool = True) -> None:
+def _add_compute_flags(p: argparse.ArgumentParser, device: bool = True, progress: bool = True) -> None:
     """--device, --threads and --no-progress: on every verb that computes."""
     g = p.add_argument_group("compute")
     if device:
         g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     g.add_argument("--threads", type=int, help="torch threads (default: min(cores, 4))")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    if progress:
+        g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -435,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--keep-special", action="store_true", help="also store BOS/CLS/SEP positions")
     h.add_argument("--resume", action="store_true", help="continue an interrupted harvest into --out")
     h.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    _add_compute_flags(h, device=False, progress=False)
     t = skind.add_parser("train", help="train a sparse autoencoder on a harvested store")
     t.add_argument("store", type=Path, help="shard store of activations")
     t.add_argument("--out", required=True, type=Path, help="run folder to create")
@@ -456,9 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fidelity-tokens", type=int, default=20_000,
                    help="tokens the splice fidelity is measured on (default 20000)")
     e.add_argument("--json", type=Path, help="also write the results here")
+    _add_compute_flags(e, device=False)
     from .sae.cli_parts import add_browse_steer_parsers
 
     add_browse_steer_parsers(skind)
+    _add_compute_flags(skind.choices["browse"], device=False, progress=False)
+    _add_compute_flags(skind.choices["steer"], device=False)
 
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
@@ -534,7 +539,7 @@ def _set_compute(a) -> None:
     verbs that compute outside a trainer (train and sae train carry them in their TrainConfig)."""
     from .core.compute import resolve_device, set_threads
 
-    if a.command in ("train", "sae") or not hasattr(a, "threads"):
+    if a.command == "train" or getattr(a, "sae_command", None) == "train" or not hasattr(a, "threads"):
         return
     if getattr(a, "device", None) is not None:
         resolve_device(a.device)
@@ -654,7 +659,6 @@ def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
 
 def cmd_eval(a) -> None:
     from .tasks import LITERATURE_NLL_SAMPLES, evaluate_run, write_evaluation
-    from .training import load_run
 
     run = _open_run(a)
     res = evaluate_run(run, a.split, nll_samples=a.nll_samples, batch_size=a.batch_size, limit=a.limit,
@@ -684,7 +688,6 @@ def cmd_sample(a) -> None:
 
     from .report.figures import as_images, save_image_grid
     from .tasks import sample_run
-    from .training import load_run
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
@@ -706,7 +709,6 @@ def cmd_sample(a) -> None:
 
 def cmd_reconstruct(a) -> None:
     from .report.figures import save_reconstructions
-    from .training import load_run
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
@@ -723,7 +725,6 @@ def cmd_encode(a) -> None:
 
     from .data import load_dataset
     from .tasks import encode_run
-    from .training import load_run
 
     a.out = _default_out(a, f"codes-{a.split}.npy")
     _check_suffix(a.out, (".npy",))
@@ -763,7 +764,6 @@ def cmd_denoise(a) -> None:
     from .data import load_dataset
     from .report.figures import as_images, save_labelled_rows
     from .tasks import denoise_run
-    from .training import load_run
 
     a.out = _default_out(a, f"denoised-{a.corruption}.png")
     _check_suffix(a.out, (".png", ".npy"))
@@ -828,7 +828,6 @@ def cmd_explore(a) -> None:
 
     from .models.capabilities import ContinuousCode
     from .report import latent_figures as lf
-    from .training import load_run
 
     if a.kind != "activity":
         a.out = _default_out(a, f"explore-{a.kind}.png")
@@ -891,7 +890,7 @@ def cmd_detect(a) -> None:
         det = GenerativeOutlierDetector(a.model, score, latent_dim=a.latent_dim, hidden=a.hidden, epochs=a.epochs,
                                         batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples,
                                         scaling=a.scaling or ("power" if a.model == "vae" else "standard"),
-                                        contamination=a.contamination, random_state=a.seed)
+                                        contamination=a.contamination, random_state=a.seed, threads=a.threads)
         det.fit(x)
         save_detector(det, a.out, label_column=a.label_column)
         print(f"{a.model} detector, score {score}, fitted on {len(x)} rows x {x.shape[1]} features; "

@@ -63,7 +63,7 @@ class GenerativeOutlierDetector(BaseEstimator):
 
     def __init__(self, model="vae", score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
-                 contamination=0.1, random_state=None):
+                 contamination=0.1, random_state=None, threads=None):
         self.model = model
         self.score_type = score_type
         self.latent_dim = latent_dim
@@ -76,6 +76,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         self.scaling = scaling
         self.contamination = contamination
         self.random_state = random_state
+        self.threads = threads   # torch threads of the fit (None: one for small data, else min(cores, 4))
 
     # ---- parameters ------------------------------------------------------------------------
     def _check_params(self, n_features: int) -> int:
@@ -113,7 +114,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         xs = self._scale(X)
         self.seed_ = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
-                             seed=self.seed_, threads=small_fit_threads(X.size))
+                             seed=self.seed_, threads=small_fit_threads(X.size, self.threads))
         with seeded(self.seed_):
             model = build_model(self.model, self._model_options(X.shape[1], latent_dim))
             Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config,
@@ -190,7 +191,7 @@ class AutoencoderOutlierDetector(GenerativeOutlierDetector):
 
     def __init__(self, score_type="reconstruction", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="standard",
-                 contamination=0.1, random_state=None):
+                 contamination=0.1, random_state=None, threads=None):
         _store(self, locals())
 
 
@@ -201,7 +202,7 @@ class VAEOutlierDetector(GenerativeOutlierDetector):
 
     def __init__(self, score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
-                 contamination=0.1, random_state=None):
+                 contamination=0.1, random_state=None, threads=None):
         _store(self, locals())
 
 
