@@ -194,8 +194,9 @@ def test_help_lists_allowed_values_and_only_the_flags_that_apply(capsys):
                   "--kl-warmup-epochs", "size of the latent code z"):
         assert shown in vae
     ae = help_of("train", "ae")
-    assert "sparse-kl" in ae and "denoising-masking" in ae and "--kl-warmup-epochs" not in ae
-    assert "--kl-warmup-epochs" not in help_of("train", "pixelcnn")
+    assert "sparse-kl" in ae and "denoising-masking" in ae and "--kl-warmup-epochs" in ae   # its sparsity term
+    for model in ("pixelcnn", "gated-pixelcnn", "vqvae", "prior"):      # nothing to warm up
+        assert "--kl-warmup-epochs" not in help_of("train", model)
     verbs = help_of()
     assert "Variational autoencoder (Kingma & Welling 2014)" in help_of("train")
     assert "runs" in verbs

@@ -50,7 +50,10 @@ _FIELD_HELP = {
     "expansion": "features = expansion x input width", "k": "active features per token (topk/batchtopk)",
     "num_classes": "number of classes of a conditional model (labels 0..N-1)",
     "threads": "torch intra-op threads (default: min(cores, 4)); a bit-exact rerun needs the same count",
-    "device": "cpu, cuda or cuda:N",
+    "device": "cpu, cuda or cuda:N", "architecture": "encoder/decoder family (conv and resnet need images)",
+    "channels": "conv channels per stride-2 stage (comma-separated)", "upsample": "conv decoder upsampling",
+    "code_activation": "non-linearity on the code", "residual_blocks": "masked residual blocks after the first layer",
+    "lr_final_fraction": "the schedule decays lr to lr x this fraction", "beta2": "adam/adamw second-moment decay",
 }
 
 
@@ -181,8 +184,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a model (or --resume a run)")
     models = tr.add_subparsers(dest="model", required=True, parser_class=_Parser)
-    from .models.capabilities import LatentVariableModel
-
     for name, cls in sorted(MODELS.items()):
         summary = _summary(cls.__doc__, name)
         m = models.add_parser(name, help=summary,
@@ -211,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--nproc", type=int, metavar="N",
                        help="train data-parallel on N local processes (relaunched through torchrun)")
         _add_config_flags(m, cls.config_class, skip=("input_shape",), title=f"{name} model options")
-        # the KL warm-up means something only for a model with a KL term
+        # the warm-up means something only for a model with a KL or sparsity term to warm up
         _add_config_flags(m, TrainConfig, title="training options",
-                          skip=() if issubclass(cls, LatentVariableModel) else ("kl_warmup_epochs",))
+                          skip=() if cls.warms_up else ("kl_warmup_epochs",))
 
     from .models.pixelcnn import GatedPixelCNNConfig
 

@@ -80,6 +80,7 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
     likelihood of choice, trained on the ELBO (also beta-VAE, IWAE and beta-TCVAE)."""
 
     name = "vae"
+    warms_up = True
     config_class = VAEConfig
 
     def __init__(self, config: VAEConfig, encoder: nn.Module | None = None,

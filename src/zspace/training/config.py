@@ -24,7 +24,7 @@ class TrainConfig(ModelConfig):
     lr_final_fraction: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float | None = None    # max global gradient norm
-    kl_warmup_epochs: float = 0.0     # linear warm-up of the KL weight (Bowman et al. 2016)
+    kl_warmup_epochs: float = 0.0     # linear warm-up of the KL weight (Bowman et al. 2016) or sparsity penalty
     seed: int = 0
     eval_every: int = 1               # epochs between evaluations on the test split
     eval_limit: int | None = None     # examples used by the per-epoch evaluation (None: all)
