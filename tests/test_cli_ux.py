@@ -279,3 +279,23 @@ def test_kid_error_bars_below_a_thousand_samples():
     assert kid_subset_size(400) == 200 and kid_subset_size(5000) == 1000
     kid, sd = kernel_distance(a, b, num_subsets=20, subset_size=kid_subset_size(400))
     assert kid > 0 and 0.02 < sd / kid < 1                                 # a real spread, not rounding
+
+
+def test_scorecard_states_what_kid_is_and_over_what():
+    from zspace.scorecard import Scorecard
+
+    md = Scorecard("digits", 500, "LeNet-digits").markdown()
+    assert "MMD²" in md and "lower is better" in md and "50 random subsets of 250 rows" in md
+
+
+def test_a_fit_leaves_torchs_thread_count_as_it_found_it():
+    import zspace
+    from zspace.core.compute import using_threads
+
+    before = torch.get_num_threads()
+    with using_threads(1) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    zspace.train("ae", "digits", latent_dim=2, hidden=(8,), config=zspace.TrainConfig(epochs=1, threads=1),
+                 progress=False, figures=False)
+    assert torch.get_num_threads() == before
