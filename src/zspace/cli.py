@@ -36,26 +36,109 @@ def _parse_ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+# What a config field means, for fields whose definition carries no comment of its own.
+_FIELD_HELP = {
+    "latent_dim": "size of the latent code z", "hidden": "MLP layer widths, encoder order (comma-separated)",
+    "activation": "hidden-layer non-linearity", "epochs": "passes over the training split",
+    "batch_size": "examples per optimiser step (the global batch under --nproc)", "lr": "learning rate",
+    "weight_decay": "L2 penalty (adam) or decoupled decay (adamw)", "seed": "fixes weights, batches and draws",
+    "input_shape": "example shape", "corruption_level": "noise std or corrupted fraction of the corruption",
+    "dropout": "dropout probability on hidden layers", "sparsity_weight": "weight of the sparsity penalty",
+    "sparsity_target": "target mean activation of the kl sparsity penalty",
+    "ema_decay": "EMA codebook: decay of the running counts and sums", "ema": "EMA codebook updates instead of a codebook loss",
+    "stride": "stride of the encoder's convolutions", "embedding_dim": "size of each code vector (D)",
+    "expansion": "features = expansion x input width", "k": "active features per token (topk/batchtopk)",
+    "num_classes": "number of classes of a conditional model (labels 0..N-1)",
+    "threads": "torch intra-op threads (default: min(cores, 4)); a bit-exact rerun needs the same count",
+    "device": "cpu, cuda or cuda:N", "architecture": "encoder/decoder family (conv and resnet need images)",
+    "channels": "conv channels per stride-2 stage (comma-separated)", "upsample": "conv decoder upsampling",
+    "code_activation": "non-linearity on the code", "residual_blocks": "masked residual blocks after the first layer",
+    "lr_final_fraction": "the schedule decays lr to lr x this fraction", "beta2": "adam/adamw second-moment decay",
+}
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of a config field, by its name (one meaning across the configs)."""
+    from .distributions import LIKELIHOODS
+    from .models.autoencoder import AE_LOSSES, CODE_ACTIVATIONS, PRESETS, SPARSITY
+    from .models.networks import ARCHITECTURES
+    from .models.pixelcnn import HEADS
+    from .models.sae import SAE_KINDS
+    from .models.vqprior import PRIOR_MODELS
+    from .nn.mlp import ACTIVATIONS
+    from .nn.resnet import NORMS
+    from .data.corruptions import CORRUPTIONS
+    from .training.config import LR_SCHEDULES, OPTIMIZERS, PRECISIONS
+
+    return {"architecture": ARCHITECTURES, "likelihood": LIKELIHOODS, "lr_schedule": LR_SCHEDULES,
+            "optimizer": OPTIMIZERS, "precision": PRECISIONS, "activation": tuple(ACTIVATIONS),
+            "code_activation": CODE_ACTIVATIONS, "preset": ("none", *PRESETS), "norm": NORMS, "head": HEADS,
+            "sparsity": SPARSITY, "reconstruction_loss": AE_LOSSES, "prior_model": PRIOR_MODELS,
+            "upsample": ("transpose", "nearest"), "output_activation": ("sigmoid", "none"),
+            "corruption": tuple(CORRUPTIONS), "kind": SAE_KINDS}
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """Each field's comment in the config's source (the trailing one, else the lines above it)."""
+    import inspect
+    import re
+
+    found: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            m = re.match(r"\s+(\w+)\s*:[^#]*=[^#]*?(?:#\s*(.*))?$", line)
+            if line.strip().startswith("#"):
+                above.append(line.strip().lstrip("#").strip())
+                continue
+            if m and not line.strip().startswith(("def ", "return", "if ")):
+                text = m.group(2) or " ".join(above)
+                if text:
+                    found[m.group(1)] = text
+            above = []
+    return found
+
+
 def _add_config_flags(p: argparse.ArgumentParser, cls, skip=(), title=None) -> None:
-    """One flag per dataclass field; the default is the config's (shown in --help)."""
+    """One flag per dataclass field, described by the field's comment, its allowed values
+    listed; the default is the config's (shown in --help)."""
     group = p.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
+    comments, choices = _field_comments(cls), _choices()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
+        what = comments.get(f.name) or _FIELD_HELP.get(f.name) or f.name.replace("_", " ")
         hint = hints[f.name]
         args = typing.get_args(hint)
         base = next((a for a in args if a is not type(None)), hint) if args else hint
+        allowed = choices.get(f.name) if base is str else None
         if typing.get_origin(hint) is tuple or typing.get_origin(base) is tuple:
             kind, shown = _parse_ints, ",".join(map(str, f.default))
         elif base is bool:
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None,
-                               help=f"default: {f.default}")
+                               help=f"{what} (default: {f.default})")
             continue
         else:
             kind, shown = (base if base in (int, float, str) else str), f.default
-        group.add_argument(_flag(f.name), type=kind, default=None, metavar=f.name.split("_")[-1].upper(),
-                           help=f"default: {shown}")
+        group.add_argument(_flag(f.name), type=kind, default=None, choices=allowed,
+                           metavar="{" + ",".join(allowed) + "}" if allowed else f.name.split("_")[-1].upper(),
+                           help=f"{what} (default: {shown})".replace("%", "%%"))
+
+
+def _summary(doc: str | None, name: str) -> str:
+    """A docstring's first sentence on one line (the verb list's description of a model)."""
+    text = " ".join((doc or "").split())
+    if not text:
+        return f"the {name} model"
+    import re
+
+    end = re.search(r"(?<! al)(?<!e\.g)\.(\s|$)", text)   # "van den Oord et al. 2016" goes on
+    return text if end is None else text[:end.start() + 1]
 
 
 def _given(ns: argparse.Namespace, cls, skip=()) -> dict:
@@ -73,8 +156,22 @@ def _add_image_flags(p: argparse.ArgumentParser, channels_flag: str = "--channel
                    help="images: leave out files that do not decode (counted) instead of stopping")
 
 
+def _add_compute_flags(p: argparse.ArgumentParser, device: bool = True, progress: bool = True) -> None:
+    """--device, --threads and --no-progress: on every verb that computes."""
+    g = p.add_argument_group("compute")
+    if device:
+        g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--threads", type=int, help="torch threads (default: min(cores, 4))")
+    if progress:
+        g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .compare import VARIANTS
+    from .data.corruptions import CORRUPTIONS
     from .data.sources import NAMED_DATASETS
+    from .scorecard import SCORECARD_N
+    from .tasks import DEFAULT_NLL_SAMPLES, LITERATURE_NLL_SAMPLES
     from .data.transforms import PREPROCESSING
     from .models.sae import SAE_KINDS, SAEConfig
     from .models import MODELS
@@ -88,25 +185,36 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a model (or --resume a run)")
     models = tr.add_subparsers(dest="model", required=True, parser_class=_Parser)
     for name, cls in sorted(MODELS.items()):
-        m = models.add_parser(name, help=(cls.__doc__ or name).strip().splitlines()[0],
-                              description=f"Train a {name} model. Flags default to the config's values.")
+        summary = _summary(cls.__doc__, name)
+        m = models.add_parser(name, help=summary,
+                              description=f"Train a model: {summary} Flags default to the config's values "
+                                          f"(or to --config FILE's); flags given override the file.")
+        m.add_argument("--config", type=Path, metavar="FILE",
+                       help="options from a file with a run's config.json schema (JSON, or YAML with PyYAML "
+                            "installed): model, data and train sections; a finished run's config.json "
+                            "trains the same run again")
         m.add_argument("--data", default=None,
                        help="a named set (" + ", ".join(NAMED_DATASETS) + ") or a path: .npy (memory-mapped), "
                        ".npz, .csv, IDX, a shard store, a folder or .zip of images (default: fashion-mnist)")
         m.add_argument("--preprocess", choices=PREPROCESSING, default=None,
-                       help="default: dynamic-binarize for a Bernoulli VAE, scale otherwise")
-        m.add_argument("--test-fraction", type=float, default=0.1,
+                       help="input preprocessing (default: the model's own: dynamic-binarize for a Bernoulli "
+                            "likelihood, scale otherwise)")
+        m.add_argument("--test-fraction", type=float, default=None,
                        help="share held out as test split when a file has none (default 0.1)")
         m.add_argument("--label-column", help="CSV column (name or index) holding labels")
         _add_image_flags(m, "--image-channels")
-        m.add_argument("--out", type=Path, help="run folder to create")
-        m.add_argument("--resume", type=Path, metavar="RUN", help="continue this run from its latest checkpoint")
+        m.add_argument("--out", type=Path, help="run folder to create (required unless --resume)")
+        m.add_argument("--resume", type=Path, metavar="RUN",
+                       help="continue this run from its latest checkpoint (only --epochs/--steps, --threads, "
+                            "--workers and --no-progress may be given; bit-exact needs the same --threads)")
         m.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-        m.add_argument("--no-progress", action="store_true", help="no progress bar")
+        m.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         m.add_argument("--nproc", type=int, metavar="N",
                        help="train data-parallel on N local processes (relaunched through torchrun)")
         _add_config_flags(m, cls.config_class, skip=("input_shape",), title=f"{name} model options")
-        _add_config_flags(m, TrainConfig, title="training options")
+        # the warm-up means something only for a model with a KL or sparsity term to warm up
+        _add_config_flags(m, TrainConfig, title="training options",
+                          skip=() if cls.warms_up else ("kl_warmup_epochs",))
 
     from .models.pixelcnn import GatedPixelCNNConfig
 
@@ -116,91 +224,115 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("vqvae", type=Path, metavar="RUN", help="the VQ-VAE run folder")
     pr.add_argument("--out", type=Path, required=True, help="run folder of the prior")
     pr.add_argument("--plain", action="store_true", help="plain PixelCNN instead of the gated one")
-    pr.add_argument("--overwrite", action="store_true")
-    pr.add_argument("--no-progress", action="store_true")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_config_flags(pr, GatedPixelCNNConfig, skip=PRIOR_FIXED, title="prior options")
-    _add_config_flags(pr, TrainConfig, title="training options")
+    _add_config_flags(pr, TrainConfig, title="training options", skip=("kl_warmup_epochs",))
 
-    ev = sub.add_parser("eval", help="test ELBO, importance-sampled NLL, bits/dim, reconstruction error")
-    ev.add_argument("run", type=Path)
-    ev.add_argument("--nll-samples", type=int, default=1000, help="importance samples per example (default 1000)")
-    ev.add_argument("--split", default="test", choices=("train", "test"))
+    ev = sub.add_parser("eval", help="test ELBO, importance-sampled NLL, bits/dim, reconstruction error",
+                        description="Evaluate a run on a split. The importance-sampled NLL is printed with "
+                                    "its standard error; the default k finishes in minutes on a CPU, "
+                                    f"--nll-samples {LITERATURE_NLL_SAMPLES} is the literature's setting.")
+    ev.add_argument("run", type=Path, help="the run folder")
+    ev.add_argument("--nll-samples", type=int, default=DEFAULT_NLL_SAMPLES, metavar="K",
+                    help=f"importance samples per example (default {DEFAULT_NLL_SAMPLES}; "
+                         f"{LITERATURE_NLL_SAMPLES} for the literature's setting, ~10x longer)")
+    ev.add_argument("--split", default="test", choices=("train", "test"), help="the split evaluated")
     ev.add_argument("--limit", type=int, help="evaluate the first N examples only")
-    ev.add_argument("--batch-size", type=int, default=100)
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=100, help="examples per forward pass (default 100)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the importance samples (default 0)")
     ev.add_argument("--json", type=Path, help="also write the results here (default RUN/eval-SPLIT-kK.json)")
+    _add_compute_flags(ev)
 
-    sa = sub.add_parser("sample", help="decode draws from the prior into an image grid")
-    sa.add_argument("run", type=Path)
+    sa = sub.add_parser("sample", help="decode draws from the prior into an image grid (or arrays)")
+    sa.add_argument("run", type=Path, help="the run folder")
     sa.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    sa.add_argument("--out", type=Path, required=True, help=".png grid, or .npy for the arrays")
-    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--out", type=Path, help=".png grid, or .npy for the arrays (default RUN/samples.png)")
+    sa.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
     sa.add_argument("--label", type=int, help="the class to draw, for a conditional model (cvae)")
+    _add_compute_flags(sa)
 
     rc = sub.add_parser("reconstruct", help="inputs beside their reconstructions")
-    rc.add_argument("run", type=Path)
-    rc.add_argument("--out", type=Path, required=True, help=".png grid")
-    rc.add_argument("-n", type=int, default=16)
-    rc.add_argument("--split", default="test", choices=("train", "test"))
+    rc.add_argument("run", type=Path, help="the run folder")
+    rc.add_argument("--out", type=Path, help=".png grid (default RUN/reconstructions.png)")
+    rc.add_argument("-n", type=int, default=16, help="examples shown (default 16)")
+    rc.add_argument("--split", default="test", choices=("train", "test"), help="where the examples come from")
+    _add_compute_flags(rc)
 
     en = sub.add_parser("encode", help="write the codes (posterior means; VQ-VAE: code grids) of a data split to .npy")
-    en.add_argument("run", type=Path)
+    en.add_argument("run", type=Path, help="the run folder")
     en.add_argument("--data", help="default: the run's own data")
-    en.add_argument("--split", default="test", choices=("train", "test", "all"))
-    en.add_argument("--out", type=Path, required=True, help=".npy file for the (N, latent_dim) codes")
+    en.add_argument("--split", default="test", choices=("train", "test", "all"), help="the split encoded")
+    en.add_argument("--out", type=Path, help=".npy file for the (N, latent_dim) codes (default RUN/codes-SPLIT.npy)")
     en.add_argument("--labels-out", type=Path, help="also write the labels here (.npy)")
+    _add_compute_flags(en)
 
     dn = sub.add_parser("denoise", help="corrupt a data split, reconstruct it, report PSNR and SSIM")
-    dn.add_argument("run", type=Path)
+    dn.add_argument("run", type=Path, help="the run folder")
     dn.add_argument("--data", help="default: the run's own data")
-    dn.add_argument("--split", default="test", choices=("train", "test", "all"))
-    dn.add_argument("--corruption", default="gaussian", help="gaussian, masking, salt-and-pepper or dropout")
+    dn.add_argument("--split", default="test", choices=("train", "test", "all"), help="the split corrupted")
+    dn.add_argument("--corruption", default="gaussian", choices=tuple(CORRUPTIONS),
+                    help="the noise (default gaussian)")
     dn.add_argument("--level", type=float, default=0.3, help="noise std or corrupted fraction (default 0.3)")
     dn.add_argument("--limit", type=int, help="the first N examples only")
-    dn.add_argument("--seed", type=int, default=0)
-    dn.add_argument("--out", type=Path, required=True,
-                    help=".png (clean / corrupted / denoised rows) or .npy (the denoised arrays)")
+    dn.add_argument("--seed", type=int, default=0, help="seed of the corruption (default 0)")
+    dn.add_argument("--out", type=Path, help=".png (clean / corrupted / denoised rows) or .npy (the denoised "
+                                             "arrays) (default RUN/denoised-CORRUPTION.png)")
     dn.add_argument("-n", type=int, default=8, help="examples shown in the .png (default 8)")
+    _add_compute_flags(dn)
 
     cp = sub.add_parser("compare", help="autoencoder variants and PCA side by side at one code size")
-    cp.add_argument("--data", default="mnist")
+    cp.add_argument("--data", default="mnist", help="a named set or a labelled file (default mnist)")
     cp.add_argument("--variants", default="pca,linear,basic,conv,denoising,dropout,sparse-l1,sparse-kl",
-                    help="comma-separated: pca and autoencoder presets")
-    cp.add_argument("--code-size", type=int, default=32)
-    cp.add_argument("--epochs", type=int, default=10)
-    cp.add_argument("--batch-size", type=int, default=128)
-    cp.add_argument("--lr", type=float, default=1e-3)
-    cp.add_argument("--noise-levels", default="0.1,0.3,0.5")
+                    help="comma-separated, from: " + ", ".join(VARIANTS) + " (default: %(default)s)")
+    cp.add_argument("--code-size", type=int, default=32, help="code (latent) size of every variant (default 32)")
+    cp.add_argument("--epochs", type=int, default=10, help="training epochs per autoencoder (default 10)")
+    cp.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    cp.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    cp.add_argument("--noise-levels", default="0.1,0.3,0.5", help="Gaussian noise stds of the denoising test")
     cp.add_argument("--train-limit", type=int, help="train on the first N training examples only")
-    cp.add_argument("--seed", type=int, default=0)
-    cp.add_argument("--out", type=Path, required=True)
+    cp.add_argument("--seed", type=int, default=0, help="seed of every variant (default 0)")
+    cp.add_argument("--out", type=Path, required=True, help="folder for comparison.md/.csv and figures")
+    _add_compute_flags(cp, device=False)
 
     sc = sub.add_parser("scorecard", help="the lectures' table of criteria, measured, for several runs")
-    sc.add_argument("runs", type=Path, nargs="+", metavar="RUN")
-    sc.add_argument("-n", type=int, default=10000, help="samples per model and real images (default 10000)")
+    sc.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders trained on one data set")
+    sc.add_argument("-n", type=int, default=SCORECARD_N,
+                    help=f"samples per model and real images (default {SCORECARD_N}, minutes on a CPU; "
+                         f"10000 for the literature's N)")
     sc.add_argument("--extractor", help="shipped feature extractor (mnist, fashion-mnist; default: the runs' data)")
-    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--seed", type=int, default=0, help="seed of samples and subsets (default 0)")
     sc.add_argument("--out", type=Path, required=True, help="folder for scorecard.md and scorecard.html")
+    _add_compute_flags(sc, device=False)
 
     rp = sub.add_parser("report", help="one self-contained HTML page: config, metrics, figures")
-    rp.add_argument("run", type=Path)
+    rp.add_argument("run", type=Path, help="the run folder")
     rp.add_argument("--out", type=Path, help="default RUN/report.html")
-    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (default 0)")
+    _add_compute_flags(rp, device=False)
+
+    ru = sub.add_parser("runs", help="list the runs under a folder: model, data, progress, key metrics, status",
+                        description="Every run folder under DIR (finished, interrupted and resumable, not "
+                                    "started, or damaged with the reason), as a table.")
+    ru.add_argument("dir", type=Path, nargs="?", default=Path("runs"), metavar="DIR",
+                    help="folder searched for runs (default: runs)")
 
     ex = sub.add_parser("explore", help="latent-space figures: traverse, manifold, interpolate, scatter, "
                         "attribute, classes, activity")
     kinds = ex.add_subparsers(dest="kind", required=True, parser_class=_Parser)
 
-    def explore_parser(name: str, help: str, out_required: bool = True) -> argparse.ArgumentParser:
+    def explore_parser(name: str, help: str, figure: bool = True) -> argparse.ArgumentParser:
         e = kinds.add_parser(name, help=help, description=help)
-        e.add_argument("run", type=Path)
-        e.add_argument("--out", type=Path, required=out_required, help=".png figure")
+        e.add_argument("run", type=Path, help="the run folder")
+        if figure:
+            e.add_argument("--out", type=Path, help=f".png figure (default RUN/explore-{name}.png)")
+        _add_compute_flags(e, device=False)
         return e
 
     e = explore_parser("traverse", "decode one latent dimension swept while the others stay fixed")
     e.add_argument("--dims", type=_parse_ints, help="dimensions to sweep (default: the most active by KL)")
     e.add_argument("--num-dims", type=int, default=8, help="how many of the most active (default 8)")
-    e.add_argument("--steps", type=int, default=9)
+    e.add_argument("--steps", type=int, default=9, help="values per dimension (default 9)")
     e.add_argument("--span", type=float, default=3.0, help="sweep from -SPAN to SPAN prior std (default 3)")
     e.add_argument("--label", type=int, help="the class, for a conditional model")
     e.add_argument("--example", type=int, help="hold the other dimensions at this test example's code "
@@ -210,26 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plane", type=_parse_ints, help="two dimensions I,J (required above 2 dimensions)")
     e.add_argument("--label", type=int, help="the class, for a conditional model")
     e = explore_parser("interpolate", "linear and spherical paths between encoded inputs")
-    e.add_argument("--pairs", type=int, default=4)
-    e.add_argument("--steps", type=int, default=10)
-    e.add_argument("--split", default="test", choices=("train", "test"))
+    e.add_argument("--pairs", type=int, default=4, help="pairs of test inputs (default 4)")
+    e.add_argument("--steps", type=int, default=10, help="points along each path (default 10)")
+    e.add_argument("--split", default="test", choices=("train", "test"), help="where the inputs come from")
     e = explore_parser("scatter", "codes coloured by label (PCA above 2-D) beside PCA of the pixels")
-    e.add_argument("--split", default="test", choices=("train", "test"))
-    e.add_argument("--limit", type=int, default=5000)
+    e.add_argument("--split", default="test", choices=("train", "test"), help="the split encoded")
+    e.add_argument("--limit", type=int, default=5000, help="examples shown (default 5000)")
     e = explore_parser("attribute", "move encoded inputs along mean(z|attribute) - mean(z|not)")
     e.add_argument("--positive", type=int, help="the class that has the attribute")
     e.add_argument("--negative", type=int, help="the class without it (default: all other classes)")
     e.add_argument("--mask", type=Path, help=".npy of booleans, one per example of the split (instead of a class)")
-    e.add_argument("--strengths", default="-3,-2,-1,0,1,2,3")
+    e.add_argument("--strengths", default="-3,-2,-1,0,1,2,3", help="multiples of the vector added (comma-separated)")
     e.add_argument("-n", type=int, default=6, help="inputs shown (default 6)")
-    e.add_argument("--split", default="test", choices=("train", "test"))
+    e.add_argument("--split", default="test", choices=("train", "test"), help="the split used")
     e.add_argument("--limit", type=int, default=5000, help="examples the vector is estimated from")
     e = explore_parser("classes", "prior samples, one row per class (conditional models)")
-    e.add_argument("--per-class", type=int, default=10)
-    e.add_argument("--seed", type=int, default=0)
-    e = explore_parser("activity", "KL per latent dimension and active units (Burda et al. 2016)",
-                       out_required=False)
-    e.add_argument("--limit", type=int, default=2000)
+    e.add_argument("--per-class", type=int, default=10, help="samples per class (default 10)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    e = explore_parser("activity", "KL per latent dimension and active units (Burda et al. 2016), printed",
+                       figure=False)
+    e.add_argument("--limit", type=int, default=2000, help="test examples measured (default 2000)")
 
     dt = sub.add_parser("detect", help="outlier detectors: fit one on data, score data with it")
     dkinds = dt.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -237,28 +369,33 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train an outlier detector: a VAE or autoencoder on the given rows, "
                                        "scored by --score. Writes a folder (JSON + safetensors).")
     df.add_argument("--data", required=True, help="named set or .npy/.npz/.csv/IDX file (images are flattened)")
-    df.add_argument("--split", default="all", choices=("train", "test", "all"))
-    df.add_argument("--label-column", help="CSV column holding labels (ignored for fitting)")
-    df.add_argument("--model", default="vae", choices=("vae", "ae"))
-    df.add_argument("--score", default=None, help="vae: nll (default), elbo, typicality, mahalanobis, "
-                    "reconstruction; ae: reconstruction (default), mahalanobis")
+    df.add_argument("--split", default="all", choices=("train", "test", "all"), help="the rows fitted on")
+    df.add_argument("--label-column", help="CSV column holding labels (left out of the features, and "
+                                           "remembered: `detect score` leaves it out too)")
+    df.add_argument("--model", default="vae", choices=("vae", "ae"), help="the generative model (default vae)")
+    df.add_argument("--score", default=None, choices=("nll", "elbo", "typicality", "mahalanobis", "reconstruction"),
+                    help="vae: nll (default), elbo, typicality, mahalanobis, reconstruction; "
+                         "ae: reconstruction (default), mahalanobis")
     df.add_argument("--contamination", type=float, default=0.1, help="share of training rows flagged (0, 0.5]")
     df.add_argument("--latent-dim", type=int, help="default: min(8, features // 2)")
-    df.add_argument("--hidden", type=_parse_ints, default=(64, 32))
-    df.add_argument("--epochs", type=int, default=20)
-    df.add_argument("--batch-size", type=int, default=128)
-    df.add_argument("--lr", type=float, default=1e-3)
-    df.add_argument("--num-samples", type=int, default=64, help="importance samples of the nll score")
+    df.add_argument("--hidden", type=_parse_ints, default=(64, 32), help="MLP widths (default 64,32)")
+    df.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    df.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
+    df.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
+    df.add_argument("--num-samples", type=int, default=64, help="importance samples of the nll score (default 64)")
     df.add_argument("--scaling", default=None, choices=("standard", "power", "quantile", "minmax", "none"),
                     help="default: power (Yeo-Johnson) for vae, standard for ae")
-    df.add_argument("--seed", type=int, default=0)
+    df.add_argument("--seed", type=int, default=0, help="seed of the fit (default 0)")
     df.add_argument("--out", type=Path, required=True, help="detector folder to write")
+    _add_compute_flags(df, device=False)
     ds = dkinds.add_parser("score", help="score rows with a fitted detector; CSV out (higher = more abnormal)")
-    ds.add_argument("detector", type=Path)
-    ds.add_argument("--data", required=True)
-    ds.add_argument("--split", default="all", choices=("train", "test", "all"))
-    ds.add_argument("--label-column", help="CSV column holding labels (reported, and AUROC if they are 0/1)")
+    ds.add_argument("detector", type=Path, help="the detector folder (from detect fit)")
+    ds.add_argument("--data", required=True, help="rows with the columns the detector was fitted on")
+    ds.add_argument("--split", default="all", choices=("train", "test", "all"), help="the rows scored")
+    ds.add_argument("--label-column", help="CSV column holding labels (reported, and AUROC if they are 0/1; "
+                                           "default: the one given at fit, when the file has it)")
     ds.add_argument("--out", type=Path, required=True, help=".csv: row, score, outlier (0/1)[, label]")
+    _add_compute_flags(ds, device=False)
 
     da = sub.add_parser("data", help="inspect a data source, or pack it into shard stores")
     dkind = da.add_subparsers(dest="kind", required=True, parser_class=_Parser)
@@ -270,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ".npy/.npz/.csv/IDX file, shard store, folder or .zip of images")
         if verb == "pack":
             d.add_argument("out", type=Path, help="folder to create (an interrupted pack resumes)")
-            d.add_argument("--rows-per-shard", type=int, default=65536)
+            d.add_argument("--rows-per-shard", type=int, default=65536, help="examples per shard file (default 65536)")
             d.add_argument("--dtype", choices=("uint8", "float16", "bfloat16", "float32"),
                            help="stored dtype (default: uint8 for 8-bit images, else float32)")
         else:
@@ -295,48 +432,59 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--context", type=int, default=128, help="tokens per window (default 128)")
     h.add_argument("--max-tokens", type=int, help="stop after this many rows")
     h.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
-    h.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"))
+    h.add_argument("--dtype", default="float16", choices=("float16", "bfloat16", "float32"),
+                   help="stored dtype of the activations (default float16)")
     h.add_argument("--keep-special", action="store_true", help="also store BOS/CLS/SEP positions")
     h.add_argument("--resume", action="store_true", help="continue an interrupted harvest into --out")
-    h.add_argument("--no-progress", action="store_true")
+    h.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    _add_compute_flags(h, device=False, progress=False)
     t = skind.add_parser("train", help="train a sparse autoencoder on a harvested store")
     t.add_argument("store", type=Path, help="shard store of activations")
     t.add_argument("--out", required=True, type=Path, help="run folder to create")
-    t.add_argument("--kind", default="topk", choices=SAE_KINDS)
+    t.add_argument("--kind", default="topk", choices=SAE_KINDS, help="the sparsity mechanism (default topk)")
     t.add_argument("--expansion", type=int, default=8, help="width = expansion x d (default 8)")
     t.add_argument("--width", type=int, help="number of features (overrides --expansion)")
     t.add_argument("-k", type=int, default=32, help="topk/batchtopk: active features per token (default 32)")
-    t.add_argument("--test-fraction", type=float, default=0.01)
-    t.add_argument("--overwrite", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--test-fraction", type=float, default=0.01, help="share of rows held out (default 0.01)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_config_flags(t, SAEConfig, skip=("input_shape", "width", "kind", "k"), title="SAE options")
     _add_config_flags(t, TrainConfig, title="training options")
     e = skind.add_parser("eval", help="FVU, L0, dead fraction, density histogram; with --corpus the "
                          "splice fidelity (CE loss recovered and KL, or MiniLM embedding agreement)")
-    e.add_argument("run", type=Path)
+    e.add_argument("run", type=Path, help="the SAE run folder")
     e.add_argument("--corpus", type=Path, help="text to splice the reconstruction into the model on")
     e.add_argument("--model", help="the language model (default: the one named in the store)")
     e.add_argument("--limit", type=int, default=200_000, help="held-out rows evaluated (default 200000)")
-    e.add_argument("--fidelity-tokens", type=int, default=20_000)
+    e.add_argument("--fidelity-tokens", type=int, default=20_000,
+                   help="tokens the splice fidelity is measured on (default 20000)")
     e.add_argument("--json", type=Path, help="also write the results here")
+    _add_compute_flags(e, device=False)
     from .sae.cli_parts import add_browse_steer_parsers
 
     add_browse_steer_parsers(skind)
+    _add_compute_flags(skind.choices["browse"], device=False, progress=False)
+    _add_compute_flags(skind.choices["steer"], device=False)
 
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
-    de.add_argument("--out", type=Path, default=Path("runs/demo"))
-    de.add_argument("--epochs", type=int, default=30)
-    de.add_argument("--nll-samples", type=int, default=500)
-    de.add_argument("--data", default="fashion-mnist")
+    de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
+    de.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    de.add_argument("--nll-samples", type=int, default=500, help="importance samples of the evaluation (default 500)")
+    de.add_argument("--data", default="fashion-mnist", help="a named set (default fashion-mnist)")
+    _add_compute_flags(de, device=False)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)   # `train --nproc N` relaunches it
+    from .core.progress import showing
+
     try:
         _check_outputs(args)
-        return COMMANDS[args.command](args) or 0
+        _set_compute(args)
+        with showing(not getattr(args, "no_progress", False)):
+            return COMMANDS[args.command](args) or 0
     except ZspaceError as e:
         if not getattr(e, "secondary", False):   # raised alike on every rank: rank 0 says it
             sys.stderr.write(f"zspace: error: {e}\n")
@@ -387,6 +535,30 @@ def _check_outputs(a) -> None:
             check_output_path(value)
 
 
+def _set_compute(a) -> None:
+    """--device checked and --threads (or the default that does not oversubscribe) set, for the
+    verbs that compute outside a trainer (train and sae train carry them in their TrainConfig)."""
+    from .core.compute import resolve_device, set_threads
+
+    if a.command == "train" or getattr(a, "sae_command", None) == "train" or not hasattr(a, "threads"):
+        return
+    if getattr(a, "device", None) is not None:
+        resolve_device(a.device)
+    set_threads(a.threads)
+
+
+def _open_run(a, path: Path | None = None):
+    """The run named on the command line, loaded onto --device."""
+    from .training import load_run
+
+    return load_run(path if path is not None else a.run, map_location=getattr(a, "device", None) or "cpu")
+
+
+def _default_out(a, name: str) -> Path:
+    """--out, or RUN/NAME: a verb that reads one run writes into that run's folder by default."""
+    return a.out if a.out is not None else Path(a.run) / name
+
+
 def cmd_train(a) -> None:
     from . import models as _models
     from .training import TrainConfig, resume, train
@@ -412,32 +584,54 @@ def cmd_train(a) -> None:
     cls = _models.MODELS[a.model]
     model_opts = _given(a, cls.config_class, skip=("input_shape",))
     train_opts = _given(a, TrainConfig)
+    data_opts = {k: v for k, v in (("data", a.data), ("preprocessing", a.preprocess),
+                                   ("test_fraction", a.test_fraction), ("label_column", a.label_column),
+                                   ("image_size", a.image_size), ("image_channels", a.image_channels),
+                                   ("skip_bad", True if a.skip_bad else None)) if v is not None}
     if a.resume is not None:
-        extra = set(model_opts) | (set(train_opts) - {"epochs", "steps"})
-        extra |= {k for k in ("data", "preprocess", "out", "label_column", "image_size", "image_channels")
-                  if getattr(a, k) is not None} | ({"skip_bad"} if a.skip_bad else set())
+        if a.config is not None:
+            raise ConfigError("--resume continues a run with its stored config; leave out --config")
+        extra = set(model_opts) | (set(train_opts) - {"epochs", "steps", "threads", "workers"})
+        extra |= {"preprocess" if k == "preprocessing" else k for k in data_opts}
+        extra |= {"out"} if a.out is not None else set()
         extra |= {"overwrite"} if a.overwrite else set()
         if extra:
-            raise ConfigError(f"--resume continues a run with its stored config; only --epochs/--steps "
-                              f"may change (got {', '.join(_flag(e) for e in sorted(extra))})")
+            raise ConfigError(f"--resume continues a run with its stored config; only --epochs/--steps, "
+                              f"--threads and --workers may change (got {', '.join(_flag(e) for e in sorted(extra))})")
         from .training.run import read_run_config
 
-        stored = read_run_config(a.resume)["model"].get("name") if a.resume.is_dir() else None
+        stored_cfg = read_run_config(a.resume) if a.resume.is_dir() else None
+        stored = stored_cfg["model"].get("name") if stored_cfg else None
         if stored is not None and stored != a.model:
             raise ConfigError(f"{a.resume} holds a {stored!r} run, not {a.model!r}; "
                               f"use `zspace train {stored} --resume {a.resume}`")
+        before = (stored_cfg or {}).get("environment", {}).get("threads")
+        if a.threads is not None and before is not None and a.threads != before:
+            sys.stderr.write(f"zspace: note: the run trained on {before} thread(s), now {a.threads}: the "
+                             f"result will not be bit-identical to an uninterrupted run\n")
         run = resume(a.resume, epochs=train_opts.get("epochs"), steps=train_opts.get("steps"),
+                     threads=train_opts.get("threads"), workers=train_opts.get("workers"),
                      progress=not a.no_progress)
     else:
+        if a.config is not None:   # the file first, the flags given on top
+            from .training.config_file import load_run_options
+
+            file = load_run_options(a.config)
+            if file.model is not None and file.model != a.model:
+                raise ConfigError(f"{a.config} describes a {file.model!r} model; use `zspace train {file.model} "
+                                  f"--config {a.config}`")
+            model_opts = {**file.model_options, **model_opts}
+            train_opts = {**file.train, **train_opts}
+            data_opts = {**file.data, **data_opts}
         if a.out is None:
             raise ConfigError("give --out RUN_FOLDER (or --resume RUN)")
-        if not 0 < a.test_fraction < 1:
-            raise ConfigError(f"--test-fraction must be between 0 and 1, got {a.test_fraction}")
+        fraction = data_opts.pop("test_fraction", 0.1)
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ConfigError(f"--test-fraction must be between 0 and 1, got {fraction}")
         config = TrainConfig(**train_opts)
-        run = train(a.model, a.data or "fashion-mnist", out=a.out, preprocessing=a.preprocess, config=config,
-                    progress=not a.no_progress, overwrite=a.overwrite, test_fraction=a.test_fraction,
-                    label_column=a.label_column, image_size=a.image_size, image_channels=a.image_channels,
-                    skip_bad=a.skip_bad, **model_opts)
+        run = train(a.model, data_opts.pop("data", "fashion-mnist"), out=a.out, config=config,
+                    progress=not a.no_progress, overwrite=a.overwrite, test_fraction=fraction,
+                    **data_opts, **model_opts)
     from .training.launch import is_main_process
 
     if not is_main_process():   # under torchrun rank 0 alone reports
@@ -465,10 +659,9 @@ def _check_suffix(path: Path, allowed: tuple[str, ...]) -> None:
 
 
 def cmd_eval(a) -> None:
-    from .tasks import evaluate_run, write_evaluation
-    from .training import load_run
+    from .tasks import LITERATURE_NLL_SAMPLES, evaluate_run, write_evaluation
 
-    run = load_run(a.run)
+    run = _open_run(a)
     res = evaluate_run(run, a.split, nll_samples=a.nll_samples, batch_size=a.batch_size, limit=a.limit,
                        seed=a.seed)
     rep = res.likelihood
@@ -480,7 +673,11 @@ def cmd_eval(a) -> None:
         else:
             print(f"  ELBO            {rep.elbo:10.3f} nats  (reconstruction {rep.rec:.3f}, KL {rep.kl:.3f})")
             print(f"  NLL (IS, k={rep.num_samples:<5d}) {rep.nll:8.3f} ± {rep.nll_std_err:.3f} nats")
-        print(f"  bits/dim        {rep.bits_per_dim:10.4f}")
+        print(f"  bits/dim        {rep.bits_per_dim:10.4f} ± {res.bits_per_dim_std_err:.4f}")
+        print(f"  (± one standard error of the mean over the {rep.num_examples} examples; {rep.seconds:.0f} s)")
+        if not res.exact and rep.num_samples < LITERATURE_NLL_SAMPLES:
+            print(f"  k = {rep.num_samples} gives a looser bound than the literature's k = "
+                  f"{LITERATURE_NLL_SAMPLES}: --nll-samples {LITERATURE_NLL_SAMPLES} for that setting")
     if res.reconstruction_mse is not None:
         print(f"  reconstruction MSE per dimension {res.reconstruction_mse:.5f}")
     res.run = str(a.run)
@@ -492,12 +689,12 @@ def cmd_sample(a) -> None:
 
     from .report.figures import as_images, save_image_grid
     from .tasks import sample_run
-    from .training import load_run
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
+    a.out = _default_out(a, "samples.png")
     _check_suffix(a.out, (".png", ".pdf", ".svg", ".npy"))
-    run = load_run(a.run)
+    run = _open_run(a)
     _check_memory(a.n * 4 * int(np.prod(run.model.config.input_shape)), f"{a.n} samples")
     x = sample_run(run, a.n, label=a.label, seed=a.seed).x
     if a.out.suffix == ".npy":
@@ -513,12 +710,12 @@ def cmd_sample(a) -> None:
 
 def cmd_reconstruct(a) -> None:
     from .report.figures import save_reconstructions
-    from .training import load_run
 
     if a.n < 1:
         raise ConfigError(f"-n must be >= 1, got {a.n}")
+    a.out = _default_out(a, "reconstructions.png")
     _check_suffix(a.out, (".png", ".pdf", ".svg"))
-    path = save_reconstructions(load_run(a.run), a.out, n=a.n, split=a.split, required=True)
+    path = save_reconstructions(_open_run(a), a.out, n=a.n, split=a.split, required=True)
     if path is None:
         raise ConfigError("the run's data are not images; use `zspace encode` instead")
     print(f"reconstructions: {path}")
@@ -529,12 +726,12 @@ def cmd_encode(a) -> None:
 
     from .data import load_dataset
     from .tasks import encode_run
-    from .training import load_run
 
+    a.out = _default_out(a, f"codes-{a.split}.npy")
     _check_suffix(a.out, (".npy",))
     if a.labels_out is not None:
         _check_suffix(a.labels_out, (".npy",))
-    codes = encode_run(load_run(a.run), a.split, data=load_dataset(a.data) if a.data else None)
+    codes = encode_run(_open_run(a), a.split, data=load_dataset(a.data) if a.data else None)
     np.save(a.out, codes.z)
     print(f"codes {codes.z.shape}: {a.out}")
     if a.labels_out is not None:
@@ -568,13 +765,13 @@ def cmd_denoise(a) -> None:
     from .data import load_dataset
     from .report.figures import as_images, save_labelled_rows
     from .tasks import denoise_run
-    from .training import load_run
 
+    a.out = _default_out(a, f"denoised-{a.corruption}.png")
     _check_suffix(a.out, (".png", ".npy"))
     _check_counts(a, "n", "limit")
     if not a.level >= 0 or a.level == float("inf"):
         raise ConfigError(f"--level must be a finite number >= 0, got {a.level}")
-    run = load_run(a.run)
+    run = _open_run(a)
     res = denoise_run(run, a.corruption, a.level, split=a.split, limit=a.limit, seed=a.seed,
                       data=load_dataset(a.data) if a.data else None)
     clean, noisy, out, corrupt = res.clean, res.noisy, res.denoised, res.corruption
@@ -603,7 +800,8 @@ def cmd_compare(a) -> None:
     _check_counts(a, "train_limit", "batch_size")
     compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
             noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,
-            lr=a.lr, seed=a.seed, train_limit=a.train_limit, progress=True)
+            lr=a.lr, seed=a.seed, train_limit=a.train_limit)
+    print((a.out / "comparison.md").read_text().rstrip())
     print(f"comparison: {a.out / 'comparison.md'} (also comparison.csv, reconstructions.png, denoising.png)")
 
 
@@ -622,9 +820,8 @@ def cmd_scorecard(a) -> None:
 
 def cmd_report(a) -> None:
     from .report.html import write_report
-    from .training import load_run
 
-    print(f"report: {write_report(load_run(a.run), a.out, seed=a.seed)}")
+    print(f"report: {write_report(_open_run(a), a.out, seed=a.seed)}")
 
 
 def cmd_explore(a) -> None:
@@ -632,9 +829,9 @@ def cmd_explore(a) -> None:
 
     from .models.capabilities import ContinuousCode
     from .report import latent_figures as lf
-    from .training import load_run
 
-    if a.out is not None:
+    if a.kind != "activity":
+        a.out = _default_out(a, f"explore-{a.kind}.png")
         _check_suffix(a.out, (".png", ".pdf", ".svg"))
     _check_counts(a, "steps", "n", "pairs", "num_dims", "per_class", "limit")
     for name in ("steps", "n", "pairs", "num_dims", "per_class"):   # rows/columns of one figure
@@ -644,7 +841,7 @@ def cmd_explore(a) -> None:
                               f"figure (at most {MAX_FIGURE_SIDE})")
     if getattr(a, "span", None) is not None and not 0 < a.span < float("inf"):
         raise ConfigError(f"--span must be a finite number > 0, got {a.span}")
-    run = load_run(a.run)
+    run = _open_run(a)
     if a.kind != "classes" and not isinstance(run.model, ContinuousCode):
         raise ConfigError(f"{run.describe()} has no continuous latent code to explore")
     if a.kind == "activity":
@@ -684,29 +881,19 @@ def cmd_explore(a) -> None:
     print(f"{a.kind}: {path}")
 
 
-def _detector_rows(a):
-    import numpy as np
-
-    from .data import load_dataset
-
-    part = load_dataset(a.data, label_column=a.label_column).split(a.split)
-    x = part.x.reshape(len(part), -1)
-    return (x.astype(np.float32) / 255.0 if part.is_8bit else x.astype(np.float32)), part.y
-
-
 def cmd_detect(a) -> None:
-    from .detect import GenerativeOutlierDetector, load_detector, save_detector
+    from .detect import GenerativeOutlierDetector, detector_rows, load_detector, save_detector
 
     if a.action == "fit":
         _check_counts(a, "epochs", "batch_size", "num_samples")
-        x, _ = _detector_rows(a)
+        x, _ = detector_rows(a.data, a.split, a.label_column)
         score = a.score or ("nll" if a.model == "vae" else "reconstruction")
         det = GenerativeOutlierDetector(a.model, score, latent_dim=a.latent_dim, hidden=a.hidden, epochs=a.epochs,
                                         batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples,
                                         scaling=a.scaling or ("power" if a.model == "vae" else "standard"),
-                                        contamination=a.contamination, random_state=a.seed)
+                                        contamination=a.contamination, random_state=a.seed, threads=a.threads)
         det.fit(x)
-        save_detector(det, a.out)
+        save_detector(det, a.out, label_column=a.label_column)
         print(f"{a.model} detector, score {score}, fitted on {len(x)} rows x {x.shape[1]} features; "
               f"threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
         print(f"detector: {a.out}")
@@ -716,7 +903,7 @@ def cmd_detect(a) -> None:
     from .tasks import score_rows
 
     det = load_detector(a.detector)
-    x, y = _detector_rows(a)
+    x, y = detector_rows(a.data, a.split, a.label_column, detector=det)
     rows = score_rows(det, x, y)
     write_text_atomic(a.out, rows.csv(y))
     print(f"{len(x)} rows scored, {rows.flags.mean():.1%} above the threshold: {a.out}")
@@ -816,7 +1003,21 @@ def cmd_sae(a) -> None:
     raise ConfigError(f"unknown sae command {a.sae_command!r}")
 
 
-COMMANDS = {"sae": cmd_sae, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+def cmd_runs(a) -> None:
+    from .training.runs import list_runs, runs_table
+
+    found = list_runs(a.dir)
+    if not found:
+        print(f"no runs under {a.dir}")
+        return
+    print(runs_table(found, a.dir))
+    counts = {}
+    for r in found:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    print(f"{len(found)} run(s): " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+COMMANDS = {"runs": cmd_runs, "sae": cmd_sae, "data": cmd_data, "train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
             "reconstruct": cmd_reconstruct, "encode": cmd_encode, "denoise": cmd_denoise,
             "compare": cmd_compare, "report": cmd_report, "scorecard": cmd_scorecard, "explore": cmd_explore, "detect": cmd_detect, "demo": cmd_demo}
 

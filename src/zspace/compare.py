@@ -22,6 +22,7 @@ import torch
 
 from .data import DataSplits, load_dataset
 from .data.corruptions import GaussianNoise
+from .core.progress import Progress, is_enabled
 from .errors import ConfigError
 from .evaluation.image_quality import mean_psnr_db
 from .evaluation.probes import linear_probe_accuracy, pca_reconstruction_mse, principal_angles_to_pca
@@ -43,6 +44,13 @@ class VariantResult:
     zero_fraction: float = float("nan")
     train_seconds: float = 0.0
     max_principal_angle: float = float("nan")
+
+    def line(self) -> str:
+        """One readable line: the variant's measurements with their units."""
+        psnr = ", ".join(f"σ={k:g} {v:.2f} dB" for k, v in self.denoising_psnr.items())
+        probe = f", probe acc. {self.probe_accuracy:.4f}" if not math.isnan(self.probe_accuracy) else ""
+        return (f"{self.variant}: test MSE/pixel {self.reconstruction_mse:.5f}{probe}, denoising PSNR {psnr}, "
+                f"Hoyer sparsity {self.hoyer_sparsity:.3f}, {self.train_seconds:.0f} s")
 
 
 def hoyer_sparsity(codes: np.ndarray) -> float:
@@ -66,8 +74,10 @@ def compare(data: str | DataSplits, variants=("pca", "linear", "basic", "conv", 
                                                "sparse-l1", "sparse-kl"), *, code_size: int = 32,
             epochs: int = 10, noise_levels=(0.1, 0.3, 0.5), out: str | Path | None = None,
             batch_size: int = 128, lr: float = 1e-3, seed: int = 0, train_limit: int | None = None,
-            progress: bool = False, overrides: dict[str, dict] | None = None) -> list[VariantResult]:
-    """Trains each variant (PCA is fitted) and measures it; see the module docstring."""
+            progress: bool | None = None, overrides: dict[str, dict] | None = None) -> list[VariantResult]:
+    """Trains each variant (PCA is fitted) and measures it; see the module docstring. ``progress``
+    shows the training bars and a line per variant (None: the process setting, core.progress)."""
+    show = is_enabled(progress)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -86,7 +96,9 @@ def compare(data: str | DataSplits, variants=("pca", "linear", "basic", "conv", 
     shown = clean[:8]
     shown_noisy = _noisy(shown, mid, seed)
     rec_rows, den_rows = [("input", shown)], [(f"noisy σ={mid:g}", shown_noisy)]
+    bar = Progress(len(variants), "compare", "variants", enabled=show)
     for variant in variants:
+        bar.set_description(f"compare: {variant}")
         start = time.perf_counter()
         if variant == "pca":
             from sklearn.decomposition import PCA
@@ -105,7 +117,7 @@ def compare(data: str | DataSplits, variants=("pca", "linear", "basic", "conv", 
             opts = {"preset": variant, "latent_dim": code_size, **(overrides or {}).get(variant, {})}
             cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, eval_limit=1000)
             run = train("ae", splits, out=None if out is None else out / "runs" / variant, config=cfg,
-                        preprocessing="scale", progress=progress, figures=False, overwrite=True, **opts)
+                        preprocessing="scale", progress=show, figures=False, overwrite=True, **opts)
             seconds = run.history()[-1]["wall_seconds"]
             model = run.model.eval()
 
@@ -134,8 +146,9 @@ def compare(data: str | DataSplits, variants=("pca", "linear", "basic", "conv", 
         rec_rows.append((variant, reconstruct(shown).clamp(0, 1)))
         den_rows.append((variant, reconstruct(shown_noisy).clamp(0, 1)))
         results.append(res)
-        if progress:
-            print(f"{variant}: {res}", flush=True)
+        bar.write(res.line())
+        bar.update(1)
+    bar.close()
     if out is not None:
         write_comparison(results, splits, clean, noise_levels, out, code_size, epochs, seed)
         from .report.figures import save_labelled_rows

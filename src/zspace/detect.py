@@ -41,6 +41,8 @@ from sklearn.base import BaseEstimator
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from .core.compute import small_fit_threads
+from .core.progress import Progress, is_enabled
 from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
 from .errors import ConfigError
@@ -61,7 +63,7 @@ class GenerativeOutlierDetector(BaseEstimator):
 
     def __init__(self, model="vae", score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
-                 contamination=0.1, random_state=None):
+                 contamination=0.1, random_state=None, threads=None):
         self.model = model
         self.score_type = score_type
         self.latent_dim = latent_dim
@@ -74,6 +76,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         self.scaling = scaling
         self.contamination = contamination
         self.random_state = random_state
+        self.threads = threads   # torch threads of the fit (None: one for small data, else min(cores, 4))
 
     # ---- parameters ------------------------------------------------------------------------
     def _check_params(self, n_features: int) -> int:
@@ -111,10 +114,11 @@ class GenerativeOutlierDetector(BaseEstimator):
         xs = self._scale(X)
         self.seed_ = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
-                             seed=self.seed_)
+                             seed=self.seed_, threads=small_fit_threads(X.size, self.threads))
         with seeded(self.seed_):
             model = build_model(self.model, self._model_options(X.shape[1], latent_dim))
-            Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config, progress=False).fit()
+            Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config,
+                    progress=is_enabled()).fit()   # the CLI's bar; silent in a library call
         self.model_ = model.eval()
         if self.score_type == "mahalanobis":      # refuses fewer rows than latent dimensions, clearly
             self.latent_ = LatentGaussian(self._codes(xs))
@@ -158,7 +162,9 @@ class GenerativeOutlierDetector(BaseEstimator):
     @torch.no_grad()
     def _raw_scores(self, X: np.ndarray, score: str) -> np.ndarray:
         out = []
+        bar = Progress(len(X), f"detect: {score} scores", "rows")   # shown by the CLI (core.progress)
         for b in _chunks(X, 1024):
+            bar.update(len(b))
             x = torch.from_numpy(self._scale(b))
             if score == "reconstruction":
                 out.append(((self.model_.reconstruct(x) - x) ** 2).mean(1).double().numpy())
@@ -174,6 +180,7 @@ class GenerativeOutlierDetector(BaseEstimator):
             eps = _row_noise(b, k, q.mean.shape[1], self.seed_)                          # (k, B, D)
             ll = importance_sampled_log_likelihood(self.model_, x, k, eps=eps, posterior=q)
             out.append(-ll.numpy() - jacobian)
+        bar.close()
         return np.concatenate(out)
 
 
@@ -184,7 +191,7 @@ class AutoencoderOutlierDetector(GenerativeOutlierDetector):
 
     def __init__(self, score_type="reconstruction", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="standard",
-                 contamination=0.1, random_state=None):
+                 contamination=0.1, random_state=None, threads=None):
         _store(self, locals())
 
 
@@ -195,7 +202,7 @@ class VAEOutlierDetector(GenerativeOutlierDetector):
 
     def __init__(self, score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
-                 contamination=0.1, random_state=None):
+                 contamination=0.1, random_state=None, threads=None):
         _store(self, locals())
 
 
@@ -227,8 +234,32 @@ DETECTOR_FILE = "detector.json"
 _CLASSES = {c.__name__: c for c in (GenerativeOutlierDetector, AutoencoderOutlierDetector, VAEOutlierDetector)}
 
 
-def save_detector(det: GenerativeOutlierDetector, path) -> Path:
-    """Writes a fitted detector to the folder ``path`` (replaced atomically if it exists)."""
+def detector_rows(source, split: str = "all", label_column=None, detector=None):
+    """(x, y): a data source's rows as float32 features (images flattened, 8-bit scaled to [0, 1])
+    and its labels. With a fitted ``detector`` and no ``label_column``, the label column given
+    at fit (kept in the saved detector) is left out of the features when the file has it."""
+    from .data import load_dataset
+    from .errors import DataError
+
+    def rows(column):
+        part = load_dataset(source, label_column=column).split(split)
+        x = part.x.reshape(len(part), -1)
+        return (x.astype(np.float32) / 255.0 if part.is_8bit else x.astype(np.float32)), part.y
+
+    remembered = getattr(detector, "label_column_", None)
+    if label_column is None and remembered is not None:
+        try:
+            x, y = rows(remembered)
+            if x.shape[1] == detector.n_features_in_:
+                return x, y
+        except DataError:   # no such column: rows without labels, scored as they are
+            pass
+    return rows(label_column)
+
+
+def save_detector(det: GenerativeOutlierDetector, path, label_column=None) -> Path:
+    """Writes a fitted detector to the folder ``path`` (replaced atomically if it exists);
+    ``label_column``, the CSV column left out of its features, is kept for scoring."""
     import json
 
     from safetensors.torch import save_file
@@ -248,6 +279,7 @@ def save_detector(det: GenerativeOutlierDetector, path) -> Path:
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in det.get_params().items()},
             "n_features": int(det.n_features_in_), "seed": det.seed_, "threshold": det.threshold_,
             "typical_nll": getattr(det, "typical_nll_", None),
+            "label_column": label_column if label_column is not None else getattr(det, "label_column_", None),
             "model": {"name": det.model_.name, "config": det.model_.config.to_dict()}}
 
     def fill(tmp: Path) -> None:
@@ -293,6 +325,10 @@ def load_detector(path) -> GenerativeOutlierDetector:
                                          if k.startswith("scaler_")})
     if meta.get("typical_nll") is not None:
         det.typical_nll_ = meta["typical_nll"]
+    label = meta.get("label_column")
+    if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
+        raise CheckpointError(f"{path / DETECTOR_FILE}: label_column must be a column name or index, got {label!r}")
+    det.label_column_ = label
     if "latent_mean" in arrays:
         det.latent_ = LatentGaussian.from_arrays(arrays["latent_mean"].numpy(), arrays["latent_precision"].numpy())
     return det

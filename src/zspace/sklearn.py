@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.preprocessing import MinMaxScaler
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from .core.compute import small_fit_threads
 from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
 from .models.autoencoder import Autoencoder, AutoencoderConfig
@@ -70,7 +71,7 @@ class AutoencoderTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, 
         seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         config = AutoencoderConfig.from_dict({"input_shape": (X.shape[1],), **self._model_options()})
         train_config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
-                                   seed=seed)
+                                   seed=seed, threads=small_fit_threads(X.size))
         data = ArrayData.from_arrays(self.scaler_.transform(X).astype(np.float32))
         with seeded(seed):
             model = Autoencoder(config)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from ..core.progress import Progress
 
 from ..errors import DataError
 from .dataset import Dataset, DataSplits
@@ -49,7 +49,7 @@ def split_stats(data: Dataset, batch_size: int = 1024, progress: bool = True) ->
     channels = shape[0] if per_channel else 1
     s1, s2 = np.zeros(channels), np.zeros(channels)
     lo, hi, seen, skipped = np.inf, -np.inf, 0, 0
-    with tqdm(total=len(data), desc=data.name, unit="ex", disable=not progress, leave=False) as bar:
+    with Progress(len(data), data.name, "examples", enabled=progress) as bar:
         for start in range(0, len(data), batch_size):
             idx = np.arange(start, min(len(data), start + batch_size))
             x, kept = data.read_batch(idx)
@@ -90,8 +90,7 @@ def pack_split(data: Dataset, out: Path, *, rows_per_shard: int = 65536, dtype: 
     if done > len(data):
         raise DataError(f"{out}: holds {done} rows but the source has only {len(data)}; "
                         f"is it a pack of another source?")
-    with tqdm(total=len(data), initial=done, desc=f"pack {data.name}", unit="ex",
-              disable=not progress, leave=False) as bar:
+    with Progress(len(data), f"pack {data.name}", "examples", initial=done, enabled=progress) as bar:
         for start in range(done, len(data), batch_size):
             idx = np.arange(start, min(len(data), start + batch_size))
             x = data.read(idx)

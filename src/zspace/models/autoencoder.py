@@ -53,7 +53,7 @@ PRESETS: dict[str, dict] = {
 class AutoencoderConfig(ModelConfig):
     input_shape: tuple[int, ...] = (1, 28, 28)
     latent_dim: int = 32                 # code size
-    preset: str = "none"                 # one of PRESETS, applied by from_preset / from_dict / train / CLI
+    preset: str = "none"                 # a classic variant's options (PRESETS); explicit options override them
     architecture: str = "mlp"
     hidden: tuple[int, ...] = (512, 256)
     channels: tuple[int, ...] = (32, 64)
@@ -122,7 +122,11 @@ def _sparsity_kl_of_sums(rho: float, total: torch.Tensor) -> torch.Tensor:
 
 @register
 class Autoencoder(Model, ContinuousCode, Reconstructs):
+    """Deterministic autoencoder trained on reconstruction error; presets give the basic, linear,
+    conv, denoising, dropout and sparse variants."""
+
     name = "ae"
+    warms_up = True
     config_class = AutoencoderConfig
 
     def __init__(self, config: AutoencoderConfig, encoder: nn.Module | None = None,

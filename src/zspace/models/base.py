@@ -31,6 +31,7 @@ class Model(nn.Module):
     name: ClassVar[str]
     config_class: ClassVar[type]
     integer_inputs: ClassVar[bool] = False   # True for models of 8-bit integers (autoregressive heads)
+    warms_up: ClassVar[bool] = False         # forward scales a regulariser by ``warmup`` (kl_warmup_epochs applies)
     custom_networks: bool = False            # injected encoder/decoder: config.json cannot rebuild it
 
     def __init__(self, config):

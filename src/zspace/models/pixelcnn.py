@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.progress import Progress
 from ..data.corruptions import check_fraction
 from ..distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
 from ..errors import ConfigError, DataError
@@ -236,8 +237,10 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
         x = torch.zeros(n, self.config.in_channels, h, w, dtype=dtype, device=device)   # network input
         pixels = torch.zeros(n, 1, h, w, dtype=torch.long, device=device)
         buffers = self.stepper(n, y) if cached else None
+        bar = Progress(h * w, f"sample {n} ({self.name}, pixel by pixel)", "pixels")   # shown by the CLI
         for r in range(h):
             for c in range(w):
+                bar.update(1)
                 if cached:
                     out = buffers.step(x, r, c)                           # (B, P)
                 else:
@@ -245,6 +248,7 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
                 value = self._head(out[:, :, None, None]).sample().reshape(n)
                 pixels[:, 0, r, c] = value.long()
                 x[:, :, r, c] = self._network_input(value.reshape(n, 1, 1, 1)).reshape(n, -1).to(dtype)
+        bar.close()
         return pixels.float() if self.config.head == "bernoulli" else pixels
 
 

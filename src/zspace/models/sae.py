@@ -189,6 +189,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
     """Sparse autoencoder (relu, topk, batchtopk, jumprelu) over activation vectors."""
 
     name = "sae"
+    warms_up = True
     config_class = SAEConfig
 
     def __init__(self, config: SAEConfig):

@@ -76,7 +76,11 @@ class VAEConfig(ModelConfig):
 
 @register
 class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
+    """Variational autoencoder (Kingma & Welling 2014): Gaussian q(z|x), N(0, I) prior, a decoder
+    likelihood of choice, trained on the ELBO (also beta-VAE, IWAE and beta-TCVAE)."""
+
     name = "vae"
+    warms_up = True
     config_class = VAEConfig
 
     def __init__(self, config: VAEConfig, encoder: nn.Module | None = None,

@@ -16,6 +16,7 @@ from typing import Callable
 from ..errors import ConfigError, ZspaceError
 from ..models.capabilities import ContinuousCode, SamplesFromPrior
 from ..core.io import write_text_atomic
+from ..core.progress import Progress
 from . import latent_figures as lf
 from .figures import save_loss_curves, save_reconstructions, save_samples
 
@@ -105,8 +106,11 @@ def write_report(run, path: str | Path | None = None, seed: int = 0) -> Path:
             f"({html.escape(run.data_spec.preprocessing)}); zspace {html.escape(str(run.config.get('zspace_version')))}, "
             f"created {html.escape(str(run.config.get('created', '?')))}.</p>",
             "<h2>Metrics</h2>", _metrics(run)]
+    bar = Progress(len(sections), "report", "sections")   # shown by the CLI (core.progress)
     for title, make, why_missing in sections:
         body.append(f"<h2>{html.escape(title)}</h2>")
+        bar.set_description(f"report: {title.lower()}")
+        bar.update(1)
         try:
             made = make()
         except ZspaceError as e:
@@ -118,6 +122,7 @@ def write_report(run, path: str | Path | None = None, seed: int = 0) -> Path:
             body.append(_img(made, title))
         else:
             body.append(made)
+    bar.close()
     body += ["<h2>Configuration</h2>", f"<pre>{html.escape(json.dumps(run.config, indent=2))}</pre>"]
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>zspace report: '
             f"{html.escape(run.describe())}</title><style>{CSS}</style></head><body>\n"

@@ -108,8 +108,9 @@ def feature_summaries(sae, store, lm=None, *, top: int = 20, window: int = 8, ba
     best_v = torch.full((0, W), -1.0)
     best_r = torch.zeros((0, W), dtype=torch.long)
 
-    from tqdm.auto import tqdm
-    bar = tqdm(total=n, unit="tok", disable=not progress, desc="features")
+    from ..core.progress import Progress
+
+    bar = Progress(n, "features", "tokens", enabled=progress)
     try:
         for s in range(0, n, batch_size):
             e = min(n, s + batch_size)

@@ -28,7 +28,7 @@ def add_browse_steer_parsers(subparsers, parser_class=None) -> None:
     b.add_argument("--store", type=Path, help="activation store (default: the run's training data)")
     b.add_argument("--model", help="language model: stories260K, minilm or a folder (default: the store's)")
     b.add_argument("--batch-size", type=int, default=4096, help="rows per batch (default 4096)")
-    b.add_argument("--no-progress", action="store_true")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     s = subparsers.add_parser("steer", help="generate with a feature clamped (--value) or added (--add), "
                               "the SAE's error term kept",
                               description="Completions with and without steering one SAE feature, the change in "
@@ -41,7 +41,7 @@ def add_browse_steer_parsers(subparsers, parser_class=None) -> None:
     s.add_argument("--prompt", required=True, help="text to continue")
     s.add_argument("--tokens", type=int, default=40, help="new tokens per completion (default 40)")
     s.add_argument("--samples", type=int, default=3, help="completions with and without (default 3)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the generation (default 0)")
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
     s.add_argument("--model", help="language model: stories260K or a folder (default: the store's)")
     s.add_argument("--hook", help="hook point (default: the store's)")

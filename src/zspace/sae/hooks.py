@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..core.progress import Progress
 from ..core.io import write_json_atomic
 from ..data.shards import MANIFEST, ShardStore, ShardWriter, is_store
 from ..errors import ConfigError, DataError
@@ -333,8 +333,8 @@ def harvest(lm: LanguageModel, hook: str, texts, out, *, context: int = 128, bat
     skip = writer.rows
     state = {}
     by_tokens = max_tokens is not None          # a token budget: count tokens, else documents
-    bar = tqdm(total=max_tokens if by_tokens else len(documents), initial=skip if by_tokens else 0,
-               unit="tok" if by_tokens else "doc", disable=not progress, desc=f"harvest {hook}")
+    bar = Progress(max_tokens if by_tokens else len(documents), f"harvest {hook}",
+                   "tokens" if by_tokens else "documents", initial=skip if by_tokens else 0, enabled=progress)
     t0, n_new, checked = time.perf_counter(), 0, False
     try:
         for a, tok, doc, pos in _row_batches(lm, hook, documents, context=context, batch_size=batch_size,

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.compute import resolve_device
 from ..errors import ConfigError
 from ..models.base import ModelConfig, check_positive, check_positive_int
 
@@ -23,11 +24,11 @@ class TrainConfig(ModelConfig):
     lr_final_fraction: float = 0.1
     weight_decay: float = 0.0
     grad_clip: float | None = None    # max global gradient norm
-    kl_warmup_epochs: float = 0.0     # linear warm-up of the KL weight (Bowman et al. 2016)
+    kl_warmup_epochs: float = 0.0     # linear warm-up of the KL weight (Bowman et al. 2016) or sparsity penalty
     seed: int = 0
     eval_every: int = 1               # epochs between evaluations on the test split
     eval_limit: int | None = None     # examples used by the per-epoch evaluation (None: all)
-    threads: int | None = None        # torch intra-op threads (None: torch's default)
+    threads: int | None = None        # torch intra-op threads (None: min(cores, 4)); bit-exact needs the same
     workers: int = 0                  # loader processes reading/decoding batches (same batches as 0)
     device: str = "cpu"
     optimizer: str = "adam"           # adam (L2 weight decay), adamw (decoupled), sgd, signum (schedule-free sign descent)
@@ -80,17 +81,7 @@ class TrainConfig(ModelConfig):
 
     def torch_device(self) -> torch.device:
         """The device, checked: a name torch knows and hardware this machine has."""
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"unknown device {self.device!r}; use cpu, cuda or cuda:N") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {self.device!r} asked for, but this torch build sees no CUDA GPU")
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {self.device!r}: only {torch.cuda.device_count()} GPU(s) present")
-        if dev.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device type {dev.type!r} is not supported; use cpu or cuda")
-        return dev
+        return resolve_device(self.device)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate for optimiser step ``step`` (0-based) of ``total_steps``."""

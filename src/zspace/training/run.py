@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.compute import resolve_device, resolve_threads
 from ..core.version import __version__
 from ..data.dataset import DataSplits
 from ..data.loader import BatchLoader
@@ -143,7 +144,7 @@ def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, 
                       "custom_networks": bool(model.custom_networks)},
             "data": data.to_dict(), "train": train.to_dict(),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
-                            "threads": torch.get_num_threads()},
+                            "threads": resolve_threads(train.threads)},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -259,15 +260,20 @@ def check_output_path(path: str | Path) -> None:
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None = None,
            data: DataSplits | None = None, progress: bool = True, figures: bool = True,
-           on_epoch_end=None, callbacks=()) -> Run:
+           on_epoch_end=None, callbacks=(), threads: int | None = None, workers: int | None = None) -> Run:
     """Continues a run from its latest checkpoint, exactly as if it had never stopped.
 
     ``epochs``/``steps`` extend the run (the learning-rate schedule then follows the new
-    total, so the result differs from a run planned that long from the start).
+    total, so the result differs from a run planned that long from the start). ``threads`` and
+    ``workers`` change how it computes, not what: the same batches, but bit-exact equality
+    with an uninterrupted run needs the thread count it had.
     """
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     train_cfg = TrainConfig.from_dict(cfg["train"])
+    if threads is not None or workers is not None:
+        train_cfg = dataclasses.replace(train_cfg, threads=threads if threads is not None else train_cfg.threads,
+                                        workers=workers if workers is not None else train_cfg.workers)
     if epochs is not None or steps is not None:
         train_cfg = dataclasses.replace(train_cfg, epochs=epochs if epochs is not None else train_cfg.epochs,
                                         steps=steps)
@@ -337,6 +343,7 @@ def _model_from_config(cfg: dict) -> Model:
 def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     """Opens a run folder with its latest weights (safetensors: no code is executed)."""
     run_dir = Path(run_dir)
+    device = resolve_device(map_location)   # no GPU for "cuda": one line, before anything loads
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir}: not a zspace run (no {CONFIG_FILE})")
     cfg = read_run_config(run_dir)
@@ -344,5 +351,5 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     checkpoint = latest_checkpoint(run_dir)
     load_weights(model, checkpoint / "model.safetensors")
     history = read_state(checkpoint)["history"]
-    model.to(map_location).eval()
+    model.to(device).eval()
     return Run(run_dir, cfg, model, history=history)

@@ -28,8 +28,9 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from ..core.compute import using_threads
+from ..core.progress import Progress
 from ..data.dataset import ArrayData
 from ..data.loader import BatchLoader
 from ..data.transforms import Preprocessing
@@ -165,14 +166,13 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.on_epoch_end = on_epoch_end
         self.callbacks = [*model.training_callbacks(), *callbacks]
-        if config.threads:
-            torch.set_num_threads(config.threads)
         if tuple(train.example_shape) != tuple(model.config.input_shape):
             raise ConfigError(f"data examples have shape {train.example_shape} but the model "
                               f"expects {tuple(model.config.input_shape)}")
         self.dist = dist if dist is not None else init_from_env(config.torch_device())
         self.device = self.dist.device if self.dist.enabled else config.torch_device()
         self.progress = progress and self.dist.is_main
+        self._bar: Progress | None = None
         ws, rank = self.dist.world_size, self.dist.rank
         if len(train) < ws:
             raise self._same_everywhere(ConfigError(
@@ -437,6 +437,10 @@ class Trainer:
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> TrainState:
+        with using_threads(self.config.threads):   # restored afterwards: a library call leaves no trace
+            return self._fit()
+
+    def _fit(self) -> TrainState:
         c, s = self.config, self.state
         total = self.total_steps
         spe = self.steps_per_epoch
@@ -447,36 +451,42 @@ class Trainer:
                       for k, v in s.epoch_sums.items()} if main else {}
         self._seen = s.epoch_seen if main else 0
         refresh = max(1, spe // 20)   # progress-bar averages: a host sync only this often
+        # one bar over the whole run (its ETA covers every remaining epoch, not only this one)
+        self._bar = bar = Progress(total, self._epoch_desc(), "steps", initial=s.step, enabled=self.progress)
+        run_start, start_step = time.perf_counter(), s.step
         while s.step < total:
             epoch_start = time.perf_counter()
-            bar = tqdm(total=spe, initial=s.batch, disable=not self.progress,
-                       desc=f"epoch {s.epoch + 1}", unit="batch", leave=False, dynamic_ncols=True)
-            done_here = 0
+            bar.set_description(self._epoch_desc())
             for batch in self.train_loader.epoch(s.epoch, start=s.batch):
                 self._step(batch, total)
                 self._seen += len(batch)
-                done_here += len(batch)
                 s.batch += 1
-                bar.update(1)
                 if self.progress and (s.batch % refresh == 0 or s.batch == spe):
-                    elapsed = time.perf_counter() - epoch_start
-                    bar.set_postfix({**{k: f"{float(v) / max(self._seen, 1):.2f}" for k, v in self._sums.items()
-                                        if not k.startswith("stat:")},
-                                     "ex/s": f"{done_here * self.dist.world_size / max(elapsed, 1e-9):.0f}"},
-                                    refresh=False)
+                    elapsed = time.perf_counter() - run_start
+                    done = (s.step - start_step) * c.batch_size
+                    bar.set_postfix(**{k: f"{float(v) / max(self._seen, 1):.2f}" for k, v in self._sums.items()
+                                       if not k.startswith("stat:")},
+                                    **{"ex/s": f"{done / max(elapsed, 1e-9):.0f}"})
+                bar.update(1)
                 for cb in self.callbacks:
                     cb.on_step_end(self)
                 if s.step >= total:
                     break
                 if s.batch < spe:
                     self._step_intervals(epoch_start)
-            bar.close()
             s.train_seconds += time.perf_counter() - epoch_start
             self._end_epoch(total)
+        bar.close()
         self._averaged().finish()   # the trained model in memory is the one the checkpoint holds
         if self.tb is not None:
             self.tb.close()
         return s
+
+    def _epoch_desc(self) -> str:
+        c, s = self.config, self.state
+        if c.steps is not None:
+            return f"epoch {s.epoch + 1}"
+        return f"epoch {s.epoch + 1}/{c.epochs}"
 
     def _row(self, epoch, seconds: float) -> dict:
         s = self.state
@@ -551,5 +561,5 @@ class Trainer:
                     self.tb.add_scalar(k, v, row["step"])
         if self.progress:
             shown = {k: row[k] for k in row if k.startswith(("train_", "test_"))}
-            tqdm.write(f"epoch {row['epoch']} step {row['step']} ({row['wall_seconds']:.1f}s): "
+            (self._bar or Progress(None, "", enabled=False)).write(f"epoch {row['epoch']} step {row['step']} ({row['wall_seconds']:.1f}s): "
                        + "  ".join(f"{k}={v:.3f}" for k, v in shown.items()))
