@@ -29,6 +29,7 @@ from ..models.vqprior import VQPrior
 from .checkpoint import (CONFIG_FILE, clean_stale_temporaries, latest_checkpoint, load_weights, read_json,
                          read_state, write_json_atomic)
 from .config import TrainConfig
+from .loggers import resolve as resolve_loggers
 from .distributed import init_from_env
 from .trainer import EVAL_SEED, Trainer
 
@@ -162,6 +163,7 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     files. Under torchrun every rank calls this; rank 0 alone writes the run folder.
     """
     config = config or TrainConfig()
+    resolve_loggers(config.log_to)   # a missing logging library is refused before anything is written
     splits = load_dataset(data, test_fraction=test_fraction, label_column=label_column,
                           image_size=image_size, channels=image_channels, skip_bad=skip_bad)
     source = splits.source or f"<in-memory {splits.name}>"
@@ -196,7 +198,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     return run
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.csv", "figures", "tensorboard", "summary.md", CONFIG_FILE)
+RUN_OUTPUTS = ("checkpoints", "metrics.csv", "figures", "tensorboard", "mlruns", "wandb", "summary.md", CONFIG_FILE)
+LOGGER_FOLDERS = ("tensorboard", "mlruns", "wandb")   # written by the training.loggers back-ends
 
 
 def _prepare_run_dir(run_dir: Path, overwrite: bool, write: bool = True) -> None:
@@ -243,12 +246,12 @@ def _is_unfinished_run(run_dir: Path) -> bool:
 
 def check_output_path(path: str | Path) -> None:
     """Refuses an output that would overwrite a run's or a detector's own files: RUN/config.json,
-    metrics.csv, summary.md, anything in checkpoints/ or tensorboard/, or inside a detector folder."""
+    metrics.csv, summary.md, anything in checkpoints/ or a logger's folder, or inside a detector folder."""
     target = Path(path).resolve()
     for parent in target.parents:
         if (parent / CONFIG_FILE).is_file() and (parent / "checkpoints").is_dir():
             rel = target.relative_to(parent)
-            if rel.parts[0] in ("checkpoints", "tensorboard", CONFIG_FILE, "metrics.csv", "summary.md"):
+            if rel.parts[0] in ("checkpoints", *LOGGER_FOLDERS, CONFIG_FILE, "metrics.csv", "summary.md"):
                 raise ConfigError(f"{path} is one of the run {parent}'s own files; write elsewhere")
             return
         if (parent / "detector.json").is_file():
