@@ -22,6 +22,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .data.transforms import Preprocessing
 from .errors import ConfigError
 from .evaluation.image_quality import psnr, ssim
 from .evaluation.likelihood import (LikelihoodMeaning, LikelihoodReport, collect, evaluate_exact_likelihood,
@@ -68,6 +69,7 @@ class Evaluation:
     meaning: LikelihoodMeaning | None = None
     reconstruction_mse: float | None = None
     nll_samples: int = 0
+    position: dict = field(default_factory=dict)    # the weights' epoch, batch, step, checkpoint (Run.position)
 
     @property
     def name(self) -> str:
@@ -75,7 +77,7 @@ class Evaluation:
         return "exact" if self.exact else f"k{self.nll_samples}"
 
     def as_dict(self) -> dict:
-        out = {"run": self.run, "model": self.model, "split": self.split}
+        out = {"run": self.run, "model": self.model, "split": self.split, **self.position}
         if self.likelihood is not None:
             out.update(self.likelihood.as_dict(), likelihood_kind=self.meaning.kind,
                        likelihood_note=self.meaning.note)
@@ -94,7 +96,7 @@ def evaluate_run(run, split: str = "test", nll_samples: int = 1000, batch_size: 
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     loader = run.loader(split, batch_size=batch_size, limit=limit)
-    result = Evaluation(str(run.path), run.describe(), split, nll_samples=nll_samples)
+    result = Evaluation(str(run.path), run.describe(), split, nll_samples=nll_samples, position=run.position())
     if has_likelihood(run.model):
         result.meaning = likelihood_meaning_of(run)
         with seeded(seed):
@@ -139,9 +141,10 @@ def sample_run(run, n: int, label: int | None = None, seed: int = 0) -> Samples:
 
 @dataclass
 class Reconstructions:
-    inputs: torch.Tensor
-    outputs: torch.Tensor
+    inputs: torch.Tensor       # what the model was given (a binarized draw for a binarized run)
+    outputs: torch.Tensor      # its reconstructions (the decoder mean)
     split: str
+    grey: torch.Tensor | None = None   # the same examples' grey levels in [0, 1] (= inputs unless binarized)
 
 
 def _require(run, capability, what: str) -> None:
@@ -159,7 +162,10 @@ def reconstruct_run(run, n: int = 16, split: str = "test") -> Reconstructions:
     with torch.no_grad():
         moved = batch.to(device)
         rec = run.model.reconstruct(moved.x, moved.y).cpu()
-    return Reconstructions(batch.x, rec, split)
+    grey = batch.x
+    if run.data_spec.preprocessing in ("dynamic-binarize", "static-binarize"):
+        grey = next(iter(run.loader(split, batch_size=n, limit=n, preprocessing=Preprocessing("scale")).epoch(0))).x
+    return Reconstructions(batch.x, rec, split, grey)
 
 
 @dataclass

@@ -113,12 +113,14 @@ def save_reconstructions(run, path: Path, n: int = 16, split: str = "test", requ
         return None
     rec = reconstruct_run(run, n, split)
     shape = run.model.config.input_shape
-    originals, recs = as_images(rec.inputs, shape), as_images(rec.outputs, shape)
+    originals, recs = as_images(rec.grey, shape), as_images(rec.outputs, shape)
     if originals is None:
         return None
     pairs = torch.stack([originals, recs], 1).reshape(-1, *originals.shape[1:])
-    title = (f"{run.describe()}\n{split} inputs (left) and reconstructions (right), "
-             f"first {len(rec.inputs)} examples")
+    binarized = rec.grey is not rec.inputs
+    title = (f"{run.describe()}\n{split} inputs (left, grey levels"
+             + ("; the model saw a binarized draw" if binarized else "")
+             + f") and reconstructions (right, decoder mean), first {len(rec.inputs)} examples")
     return save_image_grid(pairs, path, title, ncols=8)
 
 

@@ -72,10 +72,10 @@ class Run:
     """An opened run folder: its config, its model (latest weights) and its data."""
 
     def __init__(self, path: Path | None, config: dict, model: Model, data: DataSplits | None = None,
-                 history: list[dict] | None = None):
+                 history: list[dict] | None = None, position: dict | None = None):
         self.path = Path(path) if path is not None else None
         self.config, self.model = config, model
-        self._data, self._history = data, history
+        self._data, self._history, self._position = data, history, position
 
     @property
     def data_spec(self) -> DataSpec:
@@ -98,8 +98,9 @@ class Run:
         return self._data
 
     def loader(self, split: str = "test", batch_size: int = 500, limit: int | None = None,
-               data: DataSplits | None = None) -> BatchLoader:
-        """Unshuffled batches of a split with the run's preprocessing (fixed evaluation draw).
+               data: DataSplits | None = None, preprocessing: Preprocessing | None = None) -> BatchLoader:
+        """Unshuffled batches of a split with the run's preprocessing (fixed evaluation draw), or
+        ``preprocessing`` (e.g. the grey levels of a binarized run's inputs, to show them).
 
         ``data`` (default: the run's own) must have the examples the model was built for.
         """
@@ -110,7 +111,7 @@ class Run:
         self.model.check_data(part)
         if limit is not None:
             part = part.head(limit)
-        return BatchLoader(part, batch_size, self.preprocessing, shuffle=False, seed=EVAL_SEED)
+        return BatchLoader(part, batch_size, preprocessing or self.preprocessing, shuffle=False, seed=EVAL_SEED)
 
     def describe(self) -> str:
         if self.config.get("prior_of"):
@@ -131,11 +132,30 @@ class Run:
             x = self._decoder.decode_codes(x[:, 0])
         return x
 
+    def position(self) -> dict:
+        """Where the model's weights are in training: {"epoch": completed epochs, "batch": batches
+        into the next one, "step": optimiser steps, "checkpoint": its folder name or None}."""
+        if self._position is None:
+            if self.path is not None:
+                self._position = checkpoint_position(latest_checkpoint(self.path))
+            else:
+                last = (self._history or [{}])[-1]
+                self._position = {"epoch": last.get("epoch", 0), "batch": 0, "step": last.get("step", 0),
+                                  "checkpoint": None}
+        return self._position
+
     def history(self) -> list[dict]:
         """One row per epoch (or partial epoch at a stop): loss terms, lr, wall time."""
         if self._history is None:
             self._history = read_state(latest_checkpoint(self.path))["history"]
         return self._history
+
+
+def checkpoint_position(checkpoint: Path, state: dict | None = None) -> dict:
+    """A checkpoint's epoch, batch and step (see ``Run.position``)."""
+    state = read_state(checkpoint) if state is None else state
+    return {"epoch": state["epoch"], "batch": state.get("batch", 0), "step": state["step"],
+            "checkpoint": Path(checkpoint).name}
 
 
 def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, Any]:
@@ -346,6 +366,6 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     model = _model_from_config(cfg)
     checkpoint = latest_checkpoint(run_dir)
     load_weights(model, checkpoint / "model.safetensors")
-    history = read_state(checkpoint)["history"]
+    state = read_state(checkpoint)
     model.to(map_location).eval()
-    return Run(run_dir, cfg, model, history=history)
+    return Run(run_dir, cfg, model, history=state["history"], position=checkpoint_position(checkpoint, state))
