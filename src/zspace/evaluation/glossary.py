@@ -66,6 +66,7 @@ MEASURES: dict[str, Measure] = {
     # bookkeeping
     "epoch": Measure("epoch", "epochs", "", "passes over the training split completed"),
     "step": Measure("step", "steps", "", "optimiser steps taken"),
+    "batch": Measure("batch", "batches", "", "batches done of the epoch after the completed ones"),
     "lr": Measure("learning rate", "", "", "the optimiser's step size at the end of the row"),
     "wall_seconds": Measure("training time", "s", "", "wall time spent training so far (evaluation excluded)"),
     "seconds": Measure("evaluation time", "s", "", "wall time the evaluation took"),
