@@ -162,10 +162,15 @@ def reconstruct_run(run, n: int = 16, split: str = "test") -> Reconstructions:
     with torch.no_grad():
         moved = batch.to(device)
         rec = run.model.reconstruct(moved.x, moved.y).cpu()
-    grey = batch.x
-    if run.data_spec.preprocessing in ("dynamic-binarize", "static-binarize"):
-        grey = next(iter(run.loader(split, batch_size=n, limit=n, preprocessing=Preprocessing("scale")).epoch(0))).x
-    return Reconstructions(batch.x, rec, split, grey)
+    return Reconstructions(batch.x, rec, split, grey_levels(run, split, n, batch.x))
+
+
+def grey_levels(run, split: str, n: int, inputs: torch.Tensor) -> torch.Tensor:
+    """The grey levels in [0, 1] of a split's first n examples, whose model inputs are ``inputs``:
+    for a binarized run the stored images scaled (what a person recognises), else ``inputs``."""
+    if run.data_spec.preprocessing not in ("dynamic-binarize", "static-binarize"):
+        return inputs
+    return next(iter(run.loader(split, batch_size=n, limit=n, preprocessing=Preprocessing("scale")).epoch(0))).x
 
 
 @dataclass

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.config import flatten
 from ..core.io import write_text_atomic
 from ..errors import ConfigError, ZspaceError
 from ..models.capabilities import Reconstructs, SamplesFromPrior
@@ -25,16 +26,6 @@ EVAL_KEYS = ("nll", "bits_per_dim", "elbo", "rec", "kl", "reconstruction_mse", "
 def _labels(runs) -> list[str]:
     names = [r.path.name for r in runs]
     return names if len(set(names)) == len(names) else [str(r.path) for r in runs]
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _row(key: str, values: list, comparable: bool) -> list[str]:
@@ -108,7 +99,7 @@ def _side_by_side(runs, labels, draw) -> str | None:
 
 
 def _config_differences(runs, labels) -> str:
-    flats = [_flat({k: v for k, v in r.config.items() if k not in ("created",)}) for r in runs]
+    flats = [flatten({k: v for k, v in r.config.items() if k not in ("created",)}) for r in runs]
     keys = sorted({k for f in flats for k in f})
     rows = [[f"<td>{esc(k)}</td>", *[num_cell(json.dumps(f.get(k)) if k in f else "—") for f in flats]]
             for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1]

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
+from ..evaluation.glossary import unit_of  # noqa: E402
 from ..rng import seeded  # noqa: E402
 
 
@@ -152,8 +153,8 @@ def save_loss_curves(history: list[dict], path: Path, title: str) -> Path:
             if pts:
                 ax.plot(*zip(*pts), style, marker=".", label=split)
         ax.set_xlabel("epoch")
-        ax.set_title(f"{term} (nats/example)" if term in ("elbo", "rec", "kl", "iwae", "bce") else term,
-                     fontsize=9)
+        unit = unit_of(f"train_{term}")                  # from the one glossary
+        ax.set_title(f"{term} ({unit})" if unit else term, fontsize=9)
         ax.legend(fontsize=7)
     return _save_titled(fig, path, title, fontsize=8)
 

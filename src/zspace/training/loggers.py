@@ -21,6 +21,7 @@ import importlib.util
 import math
 from pathlib import Path
 
+from ..core.config import flatten
 from ..errors import ConfigError
 
 BACKENDS = ("csv", "tensorboard", "mlflow", "wandb")
@@ -73,17 +74,6 @@ def _numbers(row: dict) -> dict[str, float]:
             and math.isfinite(v)}
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, str]:
-    """A nested config as flat ``a.b.c`` -> str parameters (MLflow and W&B take them so)."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
-
-
 class MetricLogger:
     """One back-end: ``log(row)`` gets every training row (epoch, step, loss terms, lr, test
     terms), ``close()`` is called once when training ends."""
@@ -122,8 +112,8 @@ class MLflowLogger(MetricLogger):
         exp = self.client.get_experiment_by_name("zspace")
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment("zspace")
         self.run_id = self.client.create_run(exp_id, run_name=Path(run_dir).name).info.run_id
-        for k, v in _flat(config).items():
-            self.client.log_param(self.run_id, k, v[:500])     # MLflow caps a parameter's length
+        for k, v in flatten(config).items():
+            self.client.log_param(self.run_id, k, str(v)[:500])     # MLflow caps a parameter's length
         self.client.set_tag(self.run_id, "zspace.run_dir", str(Path(run_dir).resolve()))
 
     def log(self, row: dict) -> None:
