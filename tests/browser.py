@@ -51,9 +51,13 @@ _PROBE = """<meta charset="utf-8"><script>
               naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight,
               complete: img.complete};
     });
+    var checked = null;
+    if (window.__zspace_check__) {      // the caller's check, after the page's own scripts ran
+      try { checked = window.__zspace_check__(); } catch (e) { errors.push("check failed: " + e); }
+    }
     var pre = document.createElement("pre");
     pre.id = "%s";
-    pre.textContent = JSON.stringify({images: images, errors: errors});
+    pre.textContent = JSON.stringify({images: images, errors: errors, check: checked});
     (document.body || document.documentElement).appendChild(pre);
   });
 })();
@@ -80,23 +84,27 @@ def _stderr_tail(stderr: str | bytes | None, limit: int = 2000) -> str:
     return "\n".join(lines)[-limit:]
 
 
-def _inject(page: str) -> str:
-    """Put the probe script at the very start of <head> (adding a <head> if needed)."""
+def _inject(page: str, check: str | None = None) -> str:
+    """Put the probe script at the very start of <head> (adding a <head> if needed), with the
+    caller's check function when given."""
+    probe = _PROBE + (f"<script>window.__zspace_check__ = function () {{ {check} }};</script>" if check else "")
     m = re.search(r"<head\b[^>]*>", page, flags=re.IGNORECASE)
     if m:
-        return page[: m.end()] + _PROBE + page[m.end():]
+        return page[: m.end()] + probe + page[m.end():]
     m = re.search(r"<html\b[^>]*>", page, flags=re.IGNORECASE)
     if m:
-        return page[: m.end()] + "<head>" + _PROBE + "</head>" + page[m.end():]
-    return _PROBE + page
+        return page[: m.end()] + "<head>" + probe + "</head>" + page[m.end():]
+    return probe + page
 
 
-def open_in_chromium(html_path: Path, timeout: float = 60) -> dict:
+def open_in_chromium(html_path: Path, timeout: float = 60, check: str | None = None) -> dict:
     """Load ``html_path`` in headless Chromium; return what the page saw.
 
     Returns ``{"images": [{"src", "naturalWidth", "naturalHeight", "complete"}, ...],
-    "errors": [str, ...]}`` where ``src`` is the first 40 characters of each <img>'s
-    src attribute and ``errors`` holds JavaScript errors and failed resource loads.
+    "errors": [str, ...], "check": ...}`` where ``src`` is the first 40 characters of each
+    <img>'s src attribute, ``errors`` holds JavaScript errors and failed resource loads, and
+    ``check`` is what ``check`` (the body of a JavaScript function, run on "load" after the
+    page's own scripts: it may click, sort, read the DOM) returned, as JSON (None without one).
     Raises RuntimeError when chromium is missing, fails, or the summary is absent.
     """
     binary = chromium_binary()
@@ -107,7 +115,7 @@ def open_in_chromium(html_path: Path, timeout: float = 60) -> dict:
         tmp = Path(tmp)
         # A copy in a temporary folder: reports are self-contained (data: URIs only).
         page = tmp / "page.html"
-        page.write_text(_inject(html_path.read_text(encoding="utf-8")), encoding="utf-8")
+        page.write_text(_inject(html_path.read_text(encoding="utf-8"), check), encoding="utf-8")
         cmd = [
             binary,
             "--headless=new",
@@ -140,4 +148,4 @@ def open_in_chromium(html_path: Path, timeout: float = 60) -> dict:
             f"stderr tail:\n{_stderr_tail(proc.stderr)}"
         )
     summary = json.loads(html.unescape(m.group(1)))
-    return {"images": summary["images"], "errors": summary["errors"]}
+    return {"images": summary["images"], "errors": summary["errors"], "check": summary.get("check")}

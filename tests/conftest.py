@@ -44,3 +44,19 @@ def tiny_config(**kw):
 
 def rng_images(n, shape=(1, 8, 8), seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory):
+    """Two small digit VAEs for the report tests: "a" evaluated at epoch 2 and then trained to
+    epoch 3 (so its evaluation is stale), "b" with a wider code; (path_a, path_b)."""
+    from zspace.tasks import evaluate_run, write_evaluation
+
+    root = tmp_path_factory.mktemp("report-runs")
+    a = zspace.train("vae", "digits", out=root / "a", config=tiny_config(epochs=2), progress=False,
+                     figures=False, latent_dim=4, hidden=(32,))
+    write_evaluation(evaluate_run(a, nll_samples=5, limit=60), None, a.path)
+    zspace.resume(root / "a", epochs=3, progress=False, figures=False)
+    zspace.train("vae", "digits", out=root / "b", config=tiny_config(epochs=2), progress=False, figures=False,
+                 latent_dim=6, hidden=(32,))
+    return root / "a", root / "b"

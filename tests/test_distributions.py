@@ -64,7 +64,7 @@ def test_learned_variance_splits_channels():
     # (B, 2C, H, W) with C = 1: channel 0 is the mean (0.5), channel 1 the log-variance (log 0.25).
     out = torch.cat([torch.full((3, 1, 4, 4), 0.5), torch.full((3, 1, 4, 4), math.log(0.25))], dim=1)
     p = DecoderLikelihood("gaussian-learned")(out, event_dims=3)
-    assert isinstance(p, Gaussian) and torch.allclose(p.mean(), torch.full((3, 1, 4, 4), 0.5))
+    assert isinstance(p, Gaussian) and torch.allclose(p.mean, torch.full((3, 1, 4, 4), 0.5))
     x = torch.ones(3, 1, 4, 4)
     ref = torch.distributions.Normal(0.5, 0.5).log_prob(torch.tensor(1.0)) * 16
     assert torch.allclose(p.log_prob(x), ref.expand(3), atol=1e-5)

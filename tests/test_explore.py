@@ -9,6 +9,7 @@ from zspace import ConfigError, DataError
 from zspace.cli import main
 from zspace.explore import (apply_attribute, attribute_vector, class_pair_mask, interpolate, inverse_cdf_grid,
                             manifold, per_dimension_activity, traverse)
+from zspace.report.page import slug
 
 from .browser import SKIP_REASON, chromium_binary, open_in_chromium
 from .conftest import tiny_config
@@ -208,16 +209,16 @@ def test_report_opens_in_chromium_with_every_image(cvae_run, tmp_path, capsys):
     code, text, _ = cli(capsys, "report", cvae_run, "--out", tmp_path / "report.html")
     assert code == 0
     page = (tmp_path / "report.html").read_text()
-    for section in ("Loss curves", "Reconstructions", "Samples per class", "Traversals", "Manifold",
+    for section in ("Metrics", "Training curves", "Reconstructions", "Samples per class", "Traversals", "Manifold",
                     "Interpolations", "Latent scatter", "Active units and KL per dimension", "Configuration"):
-        assert f"<h2>{section}</h2>" in page
+        assert f">{section}</h2>" in page and f'<a href="#{slug(section)}">{section}</a>' in page   # in the TOC
     assert "not drawn" not in page
     assert "http://" not in page and "https://" not in page           # nothing fetched from the network
     if chromium_binary() is None:
         pytest.skip(SKIP_REASON)
     result = open_in_chromium(tmp_path / "report.html")
     assert result["errors"] == []
-    assert len(result["images"]) >= 8
+    assert len(result["images"]) >= 7            # one PNG per figure section (the curves are inline SVG)
     assert all(img["naturalWidth"] > 0 and img["naturalHeight"] > 0 for img in result["images"])
 
 

@@ -305,9 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", type=Path, required=True, help="folder for scorecard.md and scorecard.html")
     _add_compute_flags(sc, device=False)
 
-    rp = sub.add_parser("report", help="one self-contained HTML page: config, metrics, figures")
-    rp.add_argument("run", type=Path, help="the run folder")
-    rp.add_argument("--out", type=Path, help="default RUN/report.html")
+    rp = sub.add_parser("report", help="one self-contained HTML page: config, metrics, figures; "
+                        "several runs: a side-by-side comparison")
+    rp.add_argument("run", type=Path, nargs="+", metavar="RUN", help="a run folder, or several to compare")
+    rp.add_argument("--out", type=Path, help="default RUN/report.html for one run; required for several")
     rp.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (default 0)")
     _add_compute_flags(rp, device=False)
 
@@ -819,9 +820,9 @@ def cmd_scorecard(a) -> None:
 
 
 def cmd_report(a) -> None:
-    from .report.html import write_report
+    from .report import report
 
-    print(f"report: {write_report(_open_run(a), a.out, seed=a.seed)}")
+    print(f"{'report' if len(a.run) == 1 else 'comparison'}: {report(a.run, a.out, seed=a.seed)}")
 
 
 def cmd_explore(a) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .core.io import write_json_atomic, write_text_atomic
-from .tasks import evaluate_run
+from .core.io import write_text_atomic
+from .tasks import evaluate_run, write_evaluation
 from .training import TrainConfig, train
 
 
@@ -21,8 +21,7 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int =
     spec = run.data_spec
     result = evaluate_run(run, "test", nll_samples=nll_samples, batch_size=100, seed=0)
     rep, meaning, mse = result.likelihood, result.meaning, result.reconstruction_mse
-    write_json_atomic(out / f"eval-test-k{nll_samples}.json",
-                      {"model": run.describe(), **rep.as_dict(), "reconstruction_mse": mse})
+    write_evaluation(result, None, out)      # RUN/eval-test-kK.json, with the weights' epoch and step
     minutes = (time.perf_counter() - start) / 60
     summary = f"""# zspace demo: {run.describe()}
 

@@ -22,7 +22,10 @@ def _sum_event(t: torch.Tensor, event_dims: int) -> torch.Tensor:
 
 
 class DiagonalGaussian:
-    """N(mean, diag(exp(log_var))) over vectors; shapes (..., D)."""
+    """N(mean, diag(exp(log_var))) over vectors; shapes (..., D).
+
+    Every distribution here has ``.mean`` as a property (as torch.distributions does), a
+    ``log_prob`` in nats and a ``sample()`` (``rsample`` for the reparameterisable ones)."""
 
     def __init__(self, mean: torch.Tensor, log_var: torch.Tensor):
         self.mean = mean
@@ -76,6 +79,7 @@ class Bernoulli:
         ll = -F.binary_cross_entropy_with_logits(self.logits, x, reduction="none")
         return _sum_event(ll, self.event_dims)
 
+    @property
     def mean(self) -> torch.Tensor:
         return self.probs
 
@@ -102,6 +106,7 @@ class Gaussian:
             ll = ll.expand(torch.broadcast_shapes(ll.shape, self.loc.shape))
         return _sum_event(ll, self.event_dims)
 
+    @property
     def mean(self) -> torch.Tensor:
         return self.loc
 
@@ -172,6 +177,7 @@ class Categorical:
         probs = F.softmax(self.logits, dim=1).movedim(1, -1)          # (B, C, H, W, L)
         return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
 
+    @property
     def mean(self) -> torch.Tensor:
         levels = torch.arange(self.logits.shape[1], dtype=self.logits.dtype, device=self.logits.device)
         return (F.softmax(self.logits, dim=1) * levels[None, :, None, None, None]).sum(1)
@@ -223,6 +229,7 @@ class DiscretizedLogisticMixture:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_prob_per_subpixel(x).flatten(1).sum(1)
 
+    @property
     def mean(self) -> torch.Tensor:
         """E[clamp(v, -1, 1)] on the [-1, 1] axis, (B, C, H, W): the mixture's mean before
         rounding to a level (within half a level of the discrete mean). For a logistic of
@@ -282,9 +289,10 @@ class DiscretizedLogistic:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return _sum_event(self.log_prob_per_subpixel(x), len(self.event))
 
+    @property
     def mean(self) -> torch.Tensor:
         """The mixture mean mapped to [0, 1], (..., *event)."""
-        return ((self.mixture.mean() + 1.0) / 2.0).reshape(*self.lead, *self.event)
+        return ((self.mixture.mean + 1.0) / 2.0).reshape(*self.lead, *self.event)
 
     def sample(self) -> torch.Tensor:
         """A draw of the 8-bit values, as k/255, (..., *event)."""

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .core.progress import Progress
+from .data.transforms import Preprocessing
 from .errors import ConfigError
 from .evaluation.image_quality import psnr, ssim
 from .evaluation.likelihood import (LikelihoodMeaning, LikelihoodReport, collect, evaluate_exact_likelihood,
@@ -89,6 +90,7 @@ class Evaluation:
     meaning: LikelihoodMeaning | None = None
     reconstruction_mse: float | None = None
     nll_samples: int = 0
+    position: dict = field(default_factory=dict)    # the weights' epoch, batch, step, checkpoint (Run.position)
 
     @property
     def name(self) -> str:
@@ -102,7 +104,7 @@ class Evaluation:
         return rep.nll_std_err / (rep.num_dims * math.log(2))
 
     def as_dict(self) -> dict:
-        out = {"run": self.run, "model": self.model, "split": self.split}
+        out = {"run": self.run, "model": self.model, "split": self.split, **self.position}
         if self.likelihood is not None:
             out.update(self.likelihood.as_dict(), likelihood_kind=self.meaning.kind,
                        likelihood_note=self.meaning.note)
@@ -123,7 +125,7 @@ def evaluate_run(run, split: str = "test", nll_samples: int = DEFAULT_NLL_SAMPLE
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     loader = run.loader(split, batch_size=batch_size, limit=limit)
-    result = Evaluation(str(run.path), run.describe(), split, nll_samples=nll_samples)
+    result = Evaluation(str(run.path), run.describe(), split, nll_samples=nll_samples, position=run.position())
     if has_likelihood(run.model):
         result.meaning = likelihood_meaning_of(run)
         what = "exact NLL" if isinstance(run.model, ExactLikelihood) else f"IS NLL, k={nll_samples}"
@@ -170,9 +172,10 @@ def sample_run(run, n: int, label: int | None = None, seed: int = 0) -> Samples:
 
 @dataclass
 class Reconstructions:
-    inputs: torch.Tensor
-    outputs: torch.Tensor
+    inputs: torch.Tensor       # what the model was given (a binarized draw for a binarized run)
+    outputs: torch.Tensor      # its reconstructions (the decoder mean)
     split: str
+    grey: torch.Tensor | None = None   # the same examples' grey levels in [0, 1] (= inputs unless binarized)
 
 
 def _require(run, capability, what: str) -> None:
@@ -190,7 +193,15 @@ def reconstruct_run(run, n: int = 16, split: str = "test") -> Reconstructions:
     with torch.no_grad():
         moved = batch.to(device)
         rec = run.model.reconstruct(moved.x, moved.y).cpu()
-    return Reconstructions(batch.x, rec, split)
+    return Reconstructions(batch.x, rec, split, grey_levels(run, split, n, batch.x))
+
+
+def grey_levels(run, split: str, n: int, inputs: torch.Tensor) -> torch.Tensor:
+    """The grey levels in [0, 1] of a split's first n examples, whose model inputs are ``inputs``:
+    for a binarized run the stored images scaled (what a person recognises), else ``inputs``."""
+    if run.data_spec.preprocessing not in ("dynamic-binarize", "static-binarize"):
+        return inputs
+    return next(iter(run.loader(split, batch_size=n, limit=n, preprocessing=Preprocessing("scale")).epoch(0))).x
 
 
 @dataclass

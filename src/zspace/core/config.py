@@ -41,3 +41,14 @@ def check_positive_int(name: str, value, minimum: int = 1) -> None:
 def check_positive(name: str, value) -> None:
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config as one level of dotted keys: {"train": {"lr": 1e-3}} -> {"train.lr": 1e-3}."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -227,17 +227,17 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
         likelihood's mean (default) or a sample of x."""
         device = next(self.parameters()).device
         p = self.decode(torch.randn(n, self.config.latent_dim, device=device), y)
-        return p.mean() if mean else p.sample()
+        return p.mean if mean else p.sample()
 
     @torch.no_grad()
     def decode_mean(self, z: torch.Tensor, y=None) -> torch.Tensor:
         """The decoder's mean in input space for codes z (B, latent_dim)."""
-        return self.decode(z, y).mean()
+        return self.decode(z, y).mean
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
         """Decoder mean at the posterior mean."""
-        return self.decode(self.encode(x, y).mean, y).mean()
+        return self.decode(self.encode(x, y).mean, y).mean
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, y=None) -> torch.Tensor:

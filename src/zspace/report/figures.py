@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..errors import ConfigError  # noqa: E402
+from ..evaluation.glossary import unit_of  # noqa: E402
 from ..rng import seeded  # noqa: E402
 
 
@@ -113,12 +114,14 @@ def save_reconstructions(run, path: Path, n: int = 16, split: str = "test", requ
         return None
     rec = reconstruct_run(run, n, split)
     shape = run.model.config.input_shape
-    originals, recs = as_images(rec.inputs, shape), as_images(rec.outputs, shape)
+    originals, recs = as_images(rec.grey, shape), as_images(rec.outputs, shape)
     if originals is None:
         return None
     pairs = torch.stack([originals, recs], 1).reshape(-1, *originals.shape[1:])
-    title = (f"{run.describe()}\n{split} inputs (left) and reconstructions (right), "
-             f"first {len(rec.inputs)} examples")
+    binarized = rec.grey is not rec.inputs
+    title = (f"{run.describe()}\n{split} inputs (left, grey levels"
+             + ("; the model saw a binarized draw" if binarized else "")
+             + f") and reconstructions (right, decoder mean), first {len(rec.inputs)} examples")
     return save_image_grid(pairs, path, title, ncols=8)
 
 
@@ -150,8 +153,8 @@ def save_loss_curves(history: list[dict], path: Path, title: str) -> Path:
             if pts:
                 ax.plot(*zip(*pts), style, marker=".", label=split)
         ax.set_xlabel("epoch")
-        ax.set_title(f"{term} (nats/example)" if term in ("elbo", "rec", "kl", "iwae", "bce") else term,
-                     fontsize=9)
+        unit = unit_of(f"train_{term}")                  # from the one glossary
+        ax.set_title(f"{term} ({unit})" if unit else term, fontsize=9)
         ax.legend(fontsize=7)
     return _save_titled(fig, path, title, fontsize=8)
 

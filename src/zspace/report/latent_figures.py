@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..explore import latent
 from ..models.capabilities import SamplesFromPrior
 from ..rng import seeded
-from ..tasks import check_label
+from ..tasks import check_label, grey_levels
 from .figures import _save_titled, as_images, plt, save_image_grid, save_labelled_rows
 
 
@@ -121,6 +121,7 @@ def save_interpolations(run, path: Path, pairs: int = 4, steps: int = 10, seed: 
     batch = next(iter(loader.epoch(0)))
     if len(batch) < 2 * pairs:
         raise ConfigError(f"need {2 * pairs} examples for {pairs} pairs, the split has {len(batch)}")
+    grey = grey_levels(run, split, 2 * pairs, batch.x)     # shown ends: grey levels, not a binarized draw
     rows = []
     for p in range(pairs):
         a, b = 2 * p, 2 * p + 1
@@ -128,10 +129,10 @@ def save_interpolations(run, path: Path, pairs: int = 4, steps: int = 10, seed: 
         yb = None if ya is None else int(batch.y[b])
         for method in latent.INTERPOLATIONS:
             path_x = latent.interpolate_inputs(run.model, batch.x[a], batch.x[b], steps, method, ya, yb)
-            ends = _images(run, batch.x[[a, b]])
+            ends = _images(run, grey[[a, b]])
             rows.append((f"pair {p + 1}\n{method}", torch.cat([ends[:1], _images(run, path_x), ends[1:]])))
     title = (f"{run.describe()}\ninterpolation between the codes of {split} examples "
-             f"(first and last columns: the inputs; {steps} decoded steps between, linear and slerp)")
+             f"(first and last columns: the inputs, as grey levels; {steps} decoded steps between, linear and slerp)")
     return save_labelled_rows(rows, path, title)
 
 

@@ -8,6 +8,7 @@ import torch
 from ..core.compute import resolve_device
 from ..errors import ConfigError
 from ..models.base import ModelConfig, check_positive, check_positive_int
+from .loggers import parse_log_to
 
 LR_SCHEDULES = ("constant", "cosine", "exponential")
 OPTIMIZERS = ("adam", "adamw", "sgd", "signum")
@@ -38,6 +39,7 @@ class TrainConfig(ModelConfig):
     eval_every_steps: int | None = None        # also evaluate every N optimiser steps
     checkpoint_every_steps: int | None = None  # also checkpoint every N optimiser steps
     precision: str = "fp32"           # bf16: autocast around the training loss; evaluation stays fp32
+    log_to: str = "auto"              # besides metrics.csv: auto, none, or tensorboard,mlflow,wandb (loggers.py)
 
     def __post_init__(self):
         if self.epochs is None and self.steps is None:
@@ -75,6 +77,7 @@ class TrainConfig(ModelConfig):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise ConfigError(f"{name} must be a number in [0, 1), got {v!r}")
+        parse_log_to(self.log_to)
         for name in ("eval_every_steps", "checkpoint_every_steps"):
             if getattr(self, name) is not None:
                 check_positive_int(name, getattr(self, name))

@@ -30,6 +30,7 @@ from ..models.vqprior import VQPrior
 from .checkpoint import (CONFIG_FILE, clean_stale_temporaries, latest_checkpoint, load_weights, read_json,
                          read_state, write_json_atomic)
 from .config import TrainConfig
+from .loggers import resolve as resolve_loggers
 from .distributed import init_from_env
 from .trainer import EVAL_SEED, Trainer
 
@@ -72,10 +73,10 @@ class Run:
     """An opened run folder: its config, its model (latest weights) and its data."""
 
     def __init__(self, path: Path | None, config: dict, model: Model, data: DataSplits | None = None,
-                 history: list[dict] | None = None):
+                 history: list[dict] | None = None, position: dict | None = None):
         self.path = Path(path) if path is not None else None
         self.config, self.model = config, model
-        self._data, self._history = data, history
+        self._data, self._history, self._position = data, history, position
 
     @property
     def data_spec(self) -> DataSpec:
@@ -98,8 +99,9 @@ class Run:
         return self._data
 
     def loader(self, split: str = "test", batch_size: int = 500, limit: int | None = None,
-               data: DataSplits | None = None) -> BatchLoader:
-        """Unshuffled batches of a split with the run's preprocessing (fixed evaluation draw).
+               data: DataSplits | None = None, preprocessing: Preprocessing | None = None) -> BatchLoader:
+        """Unshuffled batches of a split with the run's preprocessing (fixed evaluation draw), or
+        ``preprocessing`` (e.g. the grey levels of a binarized run's inputs, to show them).
 
         ``data`` (default: the run's own) must have the examples the model was built for.
         """
@@ -110,7 +112,7 @@ class Run:
         self.model.check_data(part)
         if limit is not None:
             part = part.head(limit)
-        return BatchLoader(part, batch_size, self.preprocessing, shuffle=False, seed=EVAL_SEED)
+        return BatchLoader(part, batch_size, preprocessing or self.preprocessing, shuffle=False, seed=EVAL_SEED)
 
     def describe(self) -> str:
         if self.config.get("prior_of"):
@@ -131,11 +133,30 @@ class Run:
             x = self._decoder.decode_codes(x[:, 0])
         return x
 
+    def position(self) -> dict:
+        """Where the model's weights are in training: {"epoch": completed epochs, "batch": batches
+        into the next one, "step": optimiser steps, "checkpoint": its folder name or None}."""
+        if self._position is None:
+            if self.path is not None:
+                self._position = checkpoint_position(latest_checkpoint(self.path))
+            else:
+                last = (self._history or [{}])[-1]
+                self._position = {"epoch": last.get("epoch", 0), "batch": 0, "step": last.get("step", 0),
+                                  "checkpoint": None}
+        return self._position
+
     def history(self) -> list[dict]:
         """One row per epoch (or partial epoch at a stop): loss terms, lr, wall time."""
         if self._history is None:
             self._history = read_state(latest_checkpoint(self.path))["history"]
         return self._history
+
+
+def checkpoint_position(checkpoint: Path, state: dict | None = None) -> dict:
+    """A checkpoint's epoch, batch and step (see ``Run.position``)."""
+    state = read_state(checkpoint) if state is None else state
+    return {"epoch": state["epoch"], "batch": state.get("batch", 0), "step": state["step"],
+            "checkpoint": Path(checkpoint).name}
 
 
 def _full_config(model: Model, data: DataSpec, train: TrainConfig) -> dict[str, Any]:
@@ -163,6 +184,7 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     files. Under torchrun every rank calls this; rank 0 alone writes the run folder.
     """
     config = config or TrainConfig()
+    resolve_loggers(config.log_to)   # a missing logging library is refused before anything is written
     splits = load_dataset(data, test_fraction=test_fraction, label_column=label_column,
                           image_size=image_size, channels=image_channels, skip_bad=skip_bad)
     source = splits.source or f"<in-memory {splits.name}>"
@@ -197,7 +219,8 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     return run
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.csv", "figures", "tensorboard", "summary.md", CONFIG_FILE)
+RUN_OUTPUTS = ("checkpoints", "metrics.csv", "figures", "tensorboard", "mlruns", "wandb", "summary.md", CONFIG_FILE)
+LOGGER_FOLDERS = ("tensorboard", "mlruns", "wandb")   # written by the training.loggers back-ends
 
 
 def _prepare_run_dir(run_dir: Path, overwrite: bool, write: bool = True) -> None:
@@ -244,12 +267,12 @@ def _is_unfinished_run(run_dir: Path) -> bool:
 
 def check_output_path(path: str | Path) -> None:
     """Refuses an output that would overwrite a run's or a detector's own files: RUN/config.json,
-    metrics.csv, summary.md, anything in checkpoints/ or tensorboard/, or inside a detector folder."""
+    metrics.csv, summary.md, anything in checkpoints/ or a logger's folder, or inside a detector folder."""
     target = Path(path).resolve()
     for parent in target.parents:
         if (parent / CONFIG_FILE).is_file() and (parent / "checkpoints").is_dir():
             rel = target.relative_to(parent)
-            if rel.parts[0] in ("checkpoints", "tensorboard", CONFIG_FILE, "metrics.csv", "summary.md"):
+            if rel.parts[0] in ("checkpoints", *LOGGER_FOLDERS, CONFIG_FILE, "metrics.csv", "summary.md"):
                 raise ConfigError(f"{path} is one of the run {parent}'s own files; write elsewhere")
             return
         if (parent / "detector.json").is_file():
@@ -350,6 +373,6 @@ def load_run(run_dir: str | Path, map_location: str = "cpu") -> Run:
     model = _model_from_config(cfg)
     checkpoint = latest_checkpoint(run_dir)
     load_weights(model, checkpoint / "model.safetensors")
-    history = read_state(checkpoint)["history"]
+    state = read_state(checkpoint)
     model.to(device).eval()
-    return Run(run_dir, cfg, model, history=history)
+    return Run(run_dir, cfg, model, history=state["history"], position=checkpoint_position(checkpoint, state))

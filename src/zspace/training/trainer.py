@@ -1,6 +1,6 @@
 """The fit loop: an optimizer from the config, a learning-rate schedule, optional KL
 warm-up, evaluation and checkpoints per epoch and every N steps, callbacks, metrics to CSV
-(and TensorBoard when installed), bf16 autocast, data-parallel training under torchrun,
+(and TensorBoard, MLflow or W&B through ``loggers``), bf16 autocast, data-parallel training under torchrun,
 and exact resumption.
 
 Resumption is exact because nothing random depends on history: the batch order and
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from .checkpoint import (check_rng_tensors, check_state, latest_checkpoint, load
 from .config import TrainConfig
 from .distributed import Dist, collective, init_from_env
 from .optim import AveragedIterates, ScheduleFreeSignum
+from .loggers import make_loggers
 
 EVAL_SEED = 12345
 
@@ -201,7 +201,7 @@ class Trainer:
         self._sums: dict[str, torch.Tensor] = {}   # per-example term sums; "stat:NAME" statistic totals
         self._finish: dict[str, Callable] = {}     # each statistic's finish
         self._seen = 0
-        self.tb = self._tensorboard()
+        self.loggers = self._loggers()
 
     # ---- bookkeeping ---------------------------------------------------------------
     @property
@@ -245,16 +245,14 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(_LossModule(self.model), device_ids=ids)
 
-    def _tensorboard(self):
+    def _loggers(self) -> list:
+        """The back-ends of ``config.log_to`` (rank 0 with a run folder only), given the run's
+        full config.json when there is one."""
         if self.run_dir is None or not self.dist.is_main:
-            return None
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(self.run_dir / "tensorboard"))
+            return []
+        path = self.run_dir / "config.json"
+        config = read_json(path) if path.is_file() else {"train": self.config.to_dict()}
+        return make_loggers(self.config.log_to, self.run_dir, config)
 
     def warmup(self, step: int) -> float:
         w = self.config.kl_warmup_epochs * self.steps_per_epoch
@@ -478,8 +476,8 @@ class Trainer:
             self._end_epoch(total)
         bar.close()
         self._averaged().finish()   # the trained model in memory is the one the checkpoint holds
-        if self.tb is not None:
-            self.tb.close()
+        for logger in self.loggers:
+            logger.close()
         return s
 
     def _epoch_desc(self) -> str:
@@ -555,10 +553,8 @@ class Trainer:
     def _log(self, row: dict) -> None:
         if not self.dist.is_main:
             return
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("epoch", "step") and isinstance(v, (int, float)) and math.isfinite(v):
-                    self.tb.add_scalar(k, v, row["step"])
+        for logger in self.loggers:
+            logger.log(row)
         if self.progress:
             shown = {k: row[k] for k in row if k.startswith(("train_", "test_"))}
             (self._bar or Progress(None, "", enabled=False)).write(f"epoch {row['epoch']} step {row['step']} ({row['wall_seconds']:.1f}s): "
