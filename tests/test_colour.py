@@ -238,3 +238,37 @@ def test_a_vae_trains_on_olivetti_sized_data(tmp_path, monkeypatch):
                        channels=(4, 8, 8), likelihood="logistic", config=zspace.TrainConfig(epochs=2, batch_size=16))
     hist = run.history()
     assert len(hist) == 2 and all(np.isfinite(r["test_elbo"]) for r in hist)
+
+
+@pytest.mark.parametrize("shape,stages,grid", [((3, 32, 32), 2, (8, 8)), ((3, 64, 64), 3, (8, 8)),
+                                               ((3, 64, 64), 2, (16, 16))])
+def test_resnet_vqvae_shapes_colour_in_and_out(shape, stages, grid):
+    torch.manual_seed(0)
+    vq = zspace.VQVAE(zspace.VQVAEConfig(input_shape=shape, architecture="resnet", channels=(8,) * stages,
+                                         embedding_dim=4, num_codes=16))
+    x = torch.rand(2, *shape)
+    vq(x).loss.backward()
+    assert all(p.grad is not None for p in vq.encoder.parameters())
+    codes = vq.eval().encode_codes(x)
+    assert codes.shape == (2, *grid) and vq.code_shape == grid
+    assert vq.decode_codes(codes).shape == (2, *shape)
+    with pytest.raises(zspace.DataError, match="code grids must be"):
+        vq.decode_codes(codes[:, :4])
+    for bad in (dict(input_shape=(3, 30, 30), channels=(8, 8)), dict(architecture="mlp"), dict(norm="layer")):
+        with pytest.raises(ConfigError) as e:
+            zspace.VQVAEConfig(**{"input_shape": (3, 32, 32), "architecture": "resnet", **bad})
+        assert "\n" not in str(e.value)
+
+
+def test_colour_vqvae_cli_and_grey_data_into_it(colour_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "vqvae", "--data", colour_file, "--architecture", "resnet",
+                           "--channels", "8,8", "--embedding-dim", "4", "--num-codes", "8", "--epochs", "1",
+                           "--batch-size", "32", "--no-progress", "--out", tmp_path / "vq")
+    assert code == 0, err
+    run = zspace.load_run(tmp_path / "vq")
+    assert run.model.config.architecture == "resnet" and _png_channels_differ(run.path / "figures" /
+                                                                               "reconstructions.png")
+    grey = tmp_path / "grey.npy"
+    np.save(grey, np.zeros((20, 1, 8, 8), np.uint8))
+    code, _, err = run_cli(capsys, "encode", tmp_path / "vq", "--data", grey, "--out", tmp_path / "c.npy")
+    assert code == 2 and "1 channels into a 3-channel model" in err and len(err.strip().splitlines()) == 1
