@@ -207,9 +207,14 @@ class VQVAE(Model, Reconstructs, DiscreteCodes):
         self.quantizer = VectorQuantizer(c.num_codes, c.embedding_dim, c.commitment, c.ema, c.ema_decay,
                                          c.restart_threshold)
 
+    @staticmethod
+    def grid_of(config: VQVAEConfig) -> tuple[int, int]:
+        """(h, w) of the code grid: H and W halved once per stage."""
+        return check_resnet_shape(config.input_shape, len(config.channels))
+
     @property
     def code_shape(self) -> tuple[int, int]:
-        return check_resnet_shape(self.config.input_shape, len(self.config.channels))
+        return self.grid_of(self.config)
 
     def describe(self) -> str:
         c = self.config
