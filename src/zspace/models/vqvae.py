@@ -219,7 +219,8 @@ class VQVAE(Model, Reconstructs, DiscreteCodes):
     def describe(self) -> str:
         c = self.config
         h, w = self.code_shape
-        arch = f", resnet {len(c.channels)} stages" if c.architecture == "resnet" else ""
+        n = len(c.channels)
+        arch = f", resnet {n} stage{'s' * (n > 1)}" if c.architecture == "resnet" else ""
         return f"VQ-VAE{arch}, {h}x{w} codes from K={c.num_codes} (D={c.embedding_dim}){', EMA' if c.ema else ''}"
 
     @property
