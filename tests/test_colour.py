@@ -272,6 +272,9 @@ def test_colour_vqvae_cli_and_grey_data_into_it(colour_file, tmp_path, capsys):
     np.save(grey, np.zeros((20, 1, 8, 8), np.uint8))
     code, _, err = run_cli(capsys, "encode", tmp_path / "vq", "--data", grey, "--out", tmp_path / "c.npy")
     assert code == 2 and "1 channels into a 3-channel model" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "train", "vqvae", "--data", colour_file, "--architecture", "resnet",
+                           "--channels", "8,8,8,8", "--epochs", "1", "--no-progress", "--out", tmp_path / "deep")
+    assert code == 2 and "divisible by 16, got 8x8" in err and len(err.strip().splitlines()) == 1
 
 
 # ---- colour PixelCNN ---------------------------------------------------------------------------
