@@ -238,3 +238,134 @@ def test_a_vae_trains_on_olivetti_sized_data(tmp_path, monkeypatch):
                        channels=(4, 8, 8), likelihood="logistic", config=zspace.TrainConfig(epochs=2, batch_size=16))
     hist = run.history()
     assert len(hist) == 2 and all(np.isfinite(r["test_elbo"]) for r in hist)
+
+
+@pytest.mark.parametrize("shape,stages,grid", [((3, 32, 32), 2, (8, 8)), ((3, 64, 64), 3, (8, 8)),
+                                               ((3, 64, 64), 2, (16, 16))])
+def test_resnet_vqvae_shapes_colour_in_and_out(shape, stages, grid):
+    torch.manual_seed(0)
+    vq = zspace.VQVAE(zspace.VQVAEConfig(input_shape=shape, architecture="resnet", channels=(8,) * stages,
+                                         embedding_dim=4, num_codes=16))
+    x = torch.rand(2, *shape)
+    vq(x).loss.backward()
+    assert all(p.grad is not None for p in vq.encoder.parameters())
+    codes = vq.eval().encode_codes(x)
+    assert codes.shape == (2, *grid) and vq.code_shape == grid
+    assert vq.decode_codes(codes).shape == (2, *shape)
+    with pytest.raises(zspace.DataError, match="code grids must be"):
+        vq.decode_codes(codes[:, :4])
+    for bad in (dict(input_shape=(3, 30, 30), channels=(8, 8)), dict(architecture="mlp"), dict(norm="layer")):
+        with pytest.raises(ConfigError) as e:
+            zspace.VQVAEConfig(**{"input_shape": (3, 32, 32), "architecture": "resnet", **bad})
+        assert "\n" not in str(e.value)
+
+
+def test_colour_vqvae_cli_and_grey_data_into_it(colour_file, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "vqvae", "--data", colour_file, "--architecture", "resnet",
+                           "--channels", "8,8", "--embedding-dim", "4", "--num-codes", "8", "--epochs", "1",
+                           "--batch-size", "32", "--no-progress", "--out", tmp_path / "vq")
+    assert code == 0, err
+    run = zspace.load_run(tmp_path / "vq")
+    assert run.model.config.architecture == "resnet" and _png_channels_differ(run.path / "figures" /
+                                                                               "reconstructions.png")
+    grey = tmp_path / "grey.npy"
+    np.save(grey, np.zeros((20, 1, 8, 8), np.uint8))
+    code, _, err = run_cli(capsys, "encode", tmp_path / "vq", "--data", grey, "--out", tmp_path / "c.npy")
+    assert code == 2 and "1 channels into a 3-channel model" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(capsys, "train", "vqvae", "--data", colour_file, "--architecture", "resnet",
+                           "--channels", "8,8,8,8", "--epochs", "1", "--no-progress", "--out", tmp_path / "deep")
+    assert code == 2 and "divisible by 16, got 8x8" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- colour PixelCNN ---------------------------------------------------------------------------
+def _colour_pixelcnn(head, gated=False, **kw):
+    from zspace.models.pixelcnn import GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig
+
+    cls, cfg = (GatedPixelCNN, GatedPixelCNNConfig) if gated else (PixelCNN, PixelCNNConfig)
+    return cls(cfg(**{"input_shape": (3, 5, 5), "head": head, "channels": 50, "residual_blocks": 2,
+                      "head_channels": 40, "first_kernel": 3, "mixtures": 2, **kw}))  # uneven thirds
+
+
+def _input_gradient(model, x_in, out_channels, r, c):
+    """|d out[channels at (r, c)] / d input| of example 0, (C, H, W)."""
+    x_in = x_in.clone().requires_grad_(True)
+    g, = torch.autograd.grad(model.raw(x_in)[0, out_channels, r, c].sum(), x_in)
+    return g[0].abs()
+
+
+@pytest.mark.parametrize("r,c", [(0, 0), (2, 3), (4, 4)])
+def test_colour_masks_are_causal_in_r_g_b_order(r, c):
+    torch.manual_seed(0)
+    model = _colour_pixelcnn("categorical")
+    x_in = model._network_input(torch.randint(0, 256, (1, 3, 5, 5)))
+    order = torch.arange(5 * 5 * 3).reshape(5, 5, 3).permute(2, 0, 1)          # subpixel t = (row, col, colour)
+    for ch in range(3):                                                        # R, G, B's 256 logits
+        g = _input_gradient(model, x_in, slice(ch * 256, (ch + 1) * 256), r, c)
+        t = int(order[ch, r, c])
+        assert torch.all(g[order >= t] == 0), f"colour {ch} sees itself or the future"
+        assert torch.all(g[:, r, c][:ch] > 0), f"colour {ch} misses an earlier colour of its own pixel"
+        if c > 0:
+            assert torch.all(g[:, r, c - 1] > 0)                               # the pixel to the left
+    # the coupled logistic mixture (plain and gated) sees no channel of the current pixel
+    for gated in (False, True):
+        model = _colour_pixelcnn("logistic-mixture", gated)
+        g = _input_gradient(model, x_in, slice(None), r, c).sum(0)
+        t = r * 5 + c
+        assert torch.all(g.flatten()[t:] == 0) and (t == 0 or g.flatten()[:t].sum() > 0)
+
+
+def test_rgb_logistic_mixture_sums_to_one_over_all_colours():
+    """All 256^3 colours of one pixel through log_prob (one component: a mixture's total is then
+    the weighted sum of totals of 1); the colours lie on the spatial axes, 32 values of R a chunk."""
+    from zspace.distributions import CoupledLogisticMixture
+
+    torch.manual_seed(0)
+    params = torch.randn(1, 10, 1, 1) * 1.5
+    params[:, 4:7] -= 2.0                                                      # sharp log-scales
+    levels = torch.arange(256)
+    mass_of_r = []                                                             # P(R in [r, r + 32))
+    for r in range(0, 256, 32):
+        x = torch.stack(torch.meshgrid(levels[r:r + 32], levels, levels, indexing="ij"), 0)
+        chunk = CoupledLogisticMixture(params.expand(1, -1, 32 * 256, 256), 1)
+        mass_of_r.append(chunk.log_prob_per_pixel(x.reshape(1, 3, 32 * 256, 256)).double().exp().sum())
+    assert float(sum(mass_of_r)) == pytest.approx(1.0, abs=1e-5)
+    # samples follow the same law: R's histogram in eighths against the exact masses
+    s = CoupledLogisticMixture(params.expand(20000, -1, -1, -1), 1).sample()
+    assert s.shape == (20000, 3, 1, 1) and 0 <= s.min() and s.max() <= 255
+    freq = torch.bincount(s[:, 0].flatten() // 32, minlength=8).double() / 20000
+    assert torch.allclose(freq, torch.stack(mass_of_r), atol=0.015)
+    # and the coupling: G's draws move with R's (positive coefficient a)
+    p2 = params.clone()
+    p2[:, 1:7] = torch.tensor([0.0, 0.0, 0.0, -1.0, -3.0, -3.0])[None, :, None, None]   # wide R, sharp G
+    p2[:, 7] = 3.0                                                             # tanh(a) ~ 1
+    s = CoupledLogisticMixture(p2.expand(20000, -1, -1, -1), 1).sample()[:, :, 0, 0].double()
+    assert torch.corrcoef(s[:, :2].T)[0, 1] > 0.3
+
+
+@pytest.mark.parametrize("head,gated", [("categorical", False), ("logistic-mixture", False),
+                                        ("logistic-mixture", True)])
+def test_colour_pixelcnn_bits_per_dim_and_cached_sampling(head, gated):
+    torch.manual_seed(0)
+    model = _colour_pixelcnn(head, gated, channels=12, head_channels=12).eval()
+    x = torch.randint(0, 256, (4, 3, 5, 5))
+    lp = model.log_prob(x)
+    assert lp.shape == (4,) and torch.all(lp < 0)
+    bpd = float(-lp.detach().mean() / (75 * math.log(2)))
+    assert 6 < bpd < 12                                                        # near 8 bits untrained
+    model(x).loss.backward()
+    torch.manual_seed(3)
+    a = model.sample(3)
+    torch.manual_seed(3)
+    b = model.sample(3, cached=False)
+    assert torch.equal(a, b) and a.shape == (3, 3, 5, 5) and 0 <= a.min() and a.max() <= 255
+
+
+def test_colour_pixelcnn_refuses_what_it_cannot_do():
+    from zspace.models.pixelcnn import GatedPixelCNNConfig, PixelCNNConfig
+
+    for cls, kw in ((PixelCNNConfig, dict(head="bernoulli")), (PixelCNNConfig, dict(head="categorical", channels=4)),
+                    (PixelCNNConfig, dict(input_shape=(2, 8, 8))), (GatedPixelCNNConfig, dict(head="categorical")),
+                    (PixelCNNConfig, dict(head="categorical", embedding_dim=4))):
+        with pytest.raises(ConfigError) as e:
+            cls(**{"input_shape": (3, 8, 8), "channels": 12, "head_channels": 12, **kw})
+        assert "\n" not in str(e.value)

@@ -25,6 +25,7 @@ TINY = {
     "vqvae-prior": dict(vqvae=dict(input_shape=SHAPE, channels=(4,), embedding_dim=4, num_codes=8),
                         prior=dict(channels=8, residual_blocks=1, head_channels=8, first_kernel=3,
                                    embedding_dim=4, num_classes=3)),
+    "tile-transformer": dict(levels=5, width=8, layers=1, heads=2, num_classes=3),
     "sae": dict(width=16, k=4, aux_k=4, dead_tokens=12),
 }
 READS_CODES = {"vqvae-prior"}            # its inputs are code grids, not SHAPE

@@ -98,8 +98,8 @@ def test_sampling_is_reproducible_and_valid():
 
 
 def test_bad_configurations_and_pairings(digits):
-    with pytest.raises(ConfigError, match="grey images"):
-        PixelCNNConfig(input_shape=(3, 8, 8))
+    with pytest.raises(ConfigError, match="colour PixelCNN models 8-bit RGB"):
+        PixelCNNConfig(input_shape=(3, 8, 8))          # a Bernoulli head is for binary grey images
     with pytest.raises(ConfigError, match="unknown head"):
         PixelCNNConfig(head="gaussian")
     with pytest.raises(ConfigError, match="odd kernel"):

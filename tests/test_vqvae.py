@@ -111,3 +111,78 @@ def test_encode_writes_code_grids(tmp_path, capsys):
     assert main(["encode", str(vq), "--out", str(tmp_path / "codes.npy")]) == 0
     codes = np.load(tmp_path / "codes.npy")
     assert codes.shape[1:] == (4, 4) and codes.min() >= 0 and codes.max() < 8
+
+
+# ---- the transformer prior over tiles ----------------------------------------------------------
+def _transformer(**kw):
+    from zspace.models import TileTransformer, TileTransformerConfig
+
+    torch.manual_seed(0)
+    return TileTransformer(TileTransformerConfig(**{"input_shape": (1, 3, 4), "levels": 6, "width": 16,
+                                                    "layers": 2, "heads": 4, **kw})).eval()
+
+
+def test_transformer_prior_is_causal():
+    model = _transformer()
+    x = torch.randint(0, 6, (1, 1, 3, 4))
+    for t in (0, 5, 11):
+        logits = model.logits(x)[0, t]
+        # change every tile at or after t: the logits at t must not move; change one before: they must
+        later = x.clone().flatten()
+        later[t:] = (later[t:] + 1) % 6
+        assert torch.allclose(model.logits(later.view_as(x))[0, t], logits, atol=1e-6)
+        if t:
+            earlier = x.clone().flatten()
+            earlier[t - 1] = (earlier[t - 1] + 1) % 6
+            assert not torch.allclose(model.logits(earlier.view_as(x))[0, t], logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("classes", [0, 3])
+def test_transformer_cached_sampling_equals_the_uncached_loop(classes):
+    model = _transformer(num_classes=classes)
+    y = torch.tensor([0, 2, 1, 2]) if classes else None
+    torch.manual_seed(7)
+    a = model.sample(4, y=y)
+    torch.manual_seed(7)
+    b = model.sample(4, y=y, cached=False)
+    assert torch.equal(a, b) and a.shape == (4, 1, 3, 4) and 0 <= a.min() and a.max() < 6
+    # exact likelihood: the probabilities of all 6^2 grids of a 1x2 model sum to 1
+    small = _transformer(input_shape=(1, 1, 2), num_classes=classes)
+    grids = torch.cartesian_prod(torch.arange(6), torch.arange(6)).reshape(36, 1, 1, 2)
+    lp = small.log_prob(grids, y=torch.ones(36, dtype=torch.long) if classes else None)
+    assert float(torch.logsumexp(lp.detach(), 0)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_transformer_refuses_grids_that_do_not_fit():
+    model = _transformer()
+    with pytest.raises(zspace.DataError, match=r"code grids must be \(B, 1, 3, 4\)"):
+        model.log_prob(torch.zeros(2, 1, 4, 4, dtype=torch.long))
+    from zspace.models import TileTransformerConfig, VQPriorConfig
+
+    for bad in (dict(width=10, heads=4), dict(input_shape=(3, 4, 4)), dict(head="logistic-mixture")):
+        with pytest.raises(ConfigError):
+            TileTransformerConfig(**bad)
+    with pytest.raises(ConfigError, match="4 codes on"):          # a prior whose grid is not the VQ-VAE's
+        VQPriorConfig(vqvae=dict(input_shape=(1, 8, 8), channels=(4,), num_codes=4),
+                      prior_model="tile-transformer", prior=dict(input_shape=(1, 2, 2)))
+
+
+def test_transformer_prior_end_to_end(tmp_path, capsys):
+    import numpy as np
+
+    from zspace.cli import main
+
+    vq, prior = tmp_path / "vq", tmp_path / "tf"
+    assert main(["train", "vqvae", "--data", "digits", "--channels", "8", "--embedding-dim", "4", "--num-codes", "16",
+                 "--epochs", "1", "--batch-size", "64", "--no-progress", "--out", str(vq)]) == 0
+    assert main(["train", "prior", str(vq), "--transformer", "--out", str(prior), "--width", "16", "--layers", "1",
+                 "--heads", "2", "--num-classes", "10", "--epochs", "1", "--batch-size", "64", "--no-progress"]) == 0
+    run = zspace.load_run(prior)
+    assert run.model.config.prior_model == "tile-transformer" and run.model.prior.config.levels == 16
+    assert main(["eval", str(prior)]) == 0 and "bits per code" in capsys.readouterr().out
+    assert main(["sample", str(prior), "--label", "3", "-n", "2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (2, 1, 8, 8)
+    capsys.readouterr()
+    assert main(["train", "prior", str(vq), "--transformer", "--channels", "8", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--channels does not apply to the tile-transformer prior" in err and len(err.strip().splitlines()) == 1

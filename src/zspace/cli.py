@@ -141,6 +141,12 @@ def _summary(doc: str | None, name: str) -> str:
     return text if end is None else text[:end.start() + 1]
 
 
+def _shared_fields(cls, other) -> tuple[str, ...]:
+    """Fields of ``cls`` that ``other`` has too (their flags are added once, by ``other``)."""
+    theirs = {f.name for f in dataclasses.fields(other)}
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name in theirs)
+
+
 def _given(ns: argparse.Namespace, cls, skip=()) -> dict:
     return {f.name: getattr(ns, f.name) for f in dataclasses.fields(cls)
             if f.name not in skip and getattr(ns, f.name, None) is not None}
@@ -217,16 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
                           skip=() if cls.warms_up else ("kl_warmup_epochs",))
 
     from .models.pixelcnn import GatedPixelCNNConfig
+    from .models.tile_transformer import TileTransformerConfig
 
-    pr = models.add_parser("prior", help="a (gated) PixelCNN prior over a VQ-VAE run's code grids",
+    pr = models.add_parser("prior", help="a (gated) PixelCNN or transformer prior over a VQ-VAE run's code grids",
                            description="Encode a VQ-VAE run's images into code grids and train an "
                                        "autoregressive prior on them (categorical over the K codes).")
     pr.add_argument("vqvae", type=Path, metavar="RUN", help="the VQ-VAE run folder")
     pr.add_argument("--out", type=Path, required=True, help="run folder of the prior")
     pr.add_argument("--plain", action="store_true", help="plain PixelCNN instead of the gated one")
+    pr.add_argument("--transformer", action="store_true", help="a causal transformer over the tiles instead")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_config_flags(pr, GatedPixelCNNConfig, skip=PRIOR_FIXED, title="prior options")
+    _add_config_flags(pr, TileTransformerConfig, skip=_shared_fields(TileTransformerConfig, GatedPixelCNNConfig),
+                      title="transformer prior options (with --transformer)")
     _add_config_flags(pr, TrainConfig, title="training options", skip=("kl_warmup_epochs",))
 
     ev = sub.add_parser("eval", help="test ELBO, importance-sampled NLL, bits/dim, reconstruction error",
@@ -568,11 +578,20 @@ def cmd_train(a) -> None:
         from .models.pixelcnn import GatedPixelCNNConfig
         from .prior import train_prior
 
+        from .models.tile_transformer import TileTransformerConfig
+
         opts = _given(a, GatedPixelCNNConfig, skip=PRIOR_FIXED)
         if a.plain and "num_classes" in opts:
             raise ConfigError("--num-classes needs the gated prior (drop --plain)")
-        run = train_prior(a.vqvae, a.out, gated=not a.plain, config=TrainConfig(**_given(a, TrainConfig)),
-                          progress=not a.no_progress, overwrite=a.overwrite, **opts)
+        kind = "tile-transformer" if a.transformer else ("pixelcnn" if a.plain else "gated-pixelcnn")
+        theirs = _given(a, TileTransformerConfig, skip=PRIOR_FIXED)
+        mine, other = (theirs, opts) if a.transformer else (opts, theirs)
+        stray = sorted(set(other) - set(mine))
+        if a.transformer and a.plain or stray:
+            raise ConfigError(f"{', '.join(_flag(f) for f in stray) or '--plain'} does not apply to the "
+                              f"{kind} prior")
+        run = train_prior(a.vqvae, a.out, prior_model=kind, config=TrainConfig(**_given(a, TrainConfig)),
+                          progress=not a.no_progress, overwrite=a.overwrite, **mine)
         print(f"trained {run.describe()}: epoch {run.history()[-1]['epoch']}")
         print(f"run folder: {run.path}")
         return

@@ -190,6 +190,27 @@ def _log_sigmoid_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a + torch.log((-torch.expm1(b - a)).clamp_min(1e-30)) - F.softplus(a) - F.softplus(b)
 
 
+def _discretized_log_mass(x: torch.Tensor, means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """log of a logistic's mass on level x's bin of [-1, 1] (v = 2x/255 - 1, bins 2/255 wide;
+    the edge levels 0 and 255 take the tails): integer x broadcasting against means/log-scales."""
+    v = 2.0 * x.to(means.dtype) / 255.0 - 1.0
+    inv_s = torch.exp(-log_scales)
+    upper = inv_s * (v - means + 1.0 / 255.0)
+    lower = inv_s * (v - means - 1.0 / 255.0)
+    xi = x.expand_as(upper)
+    low_edge = F.logsigmoid(upper)                      # k = 0: mass below the upper edge
+    high_edge = F.logsigmoid(-lower)                    # k = 255: mass above the lower edge
+    middle = _log_sigmoid_difference(upper, lower)
+    return torch.where(xi == 0, low_edge, torch.where(xi == 255, high_edge, middle))
+
+
+def _logistic_draw(means: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """One draw per element, rounded to the nearest of the 256 levels (int64)."""
+    u = torch.rand_like(means).clamp(1e-5, 1 - 1e-5)
+    v = means + torch.exp(log_scales) * (torch.log(u) - torch.log1p(-u))
+    return torch.round((v.clamp(-1, 1) + 1) * 127.5).long()
+
+
 class DiscretizedLogisticMixture:
     """Salimans et al. (2017)'s discretized mixture of logistics over 8-bit grey levels.
 
@@ -211,15 +232,7 @@ class DiscretizedLogisticMixture:
 
     def _component_log_probs(self, x: torch.Tensor) -> torch.Tensor:
         """log P(x | component) for integer x (B, C, H, W): (B, K, C, H, W)."""
-        v = (2.0 * x.to(self.means.dtype) / 255.0 - 1.0).unsqueeze(1)
-        inv_s = torch.exp(-self.log_scales)
-        upper = inv_s * (v - self.means + 1.0 / 255.0)
-        lower = inv_s * (v - self.means - 1.0 / 255.0)
-        xi = x.unsqueeze(1).expand_as(upper)
-        low_edge = F.logsigmoid(upper)                      # k = 0: mass below the upper edge
-        high_edge = F.logsigmoid(-lower)                    # k = 255: mass above the lower edge
-        middle = _log_sigmoid_difference(upper, lower)
-        return torch.where(xi == 0, low_edge, torch.where(xi == 255, high_edge, middle))
+        return _discretized_log_mass(x.unsqueeze(1), self.means, self.log_scales)
 
     def log_prob_per_subpixel(self, x: torch.Tensor) -> torch.Tensor:
         """log P(x) of each subpixel, (B, C, H, W) in nats."""
@@ -242,11 +255,65 @@ class DiscretizedLogisticMixture:
         b, k = self.means.shape[:2]
         w = F.softmax(self.logit_weights, dim=1).movedim(1, -1)            # (B, C, H, W, K)
         choice = torch.multinomial(w.reshape(-1, k), 1).reshape(w.shape[:-1]).unsqueeze(1)
-        mu = self.means.gather(1, choice).squeeze(1)
-        log_s = self.log_scales.gather(1, choice).squeeze(1)
-        u = torch.rand_like(mu).clamp(1e-5, 1 - 1e-5)
-        v = mu + torch.exp(log_s) * (torch.log(u) - torch.log1p(-u))        # logistic draw
-        return torch.round((v.clamp(-1, 1) + 1) * 127.5).long()
+        return _logistic_draw(self.means.gather(1, choice).squeeze(1), self.log_scales.gather(1, choice).squeeze(1))
+
+class CoupledLogisticMixture:
+    """PixelCNN++'s distribution of an RGB pixel (Salimans et al. 2017, section 2.2): a mixture
+    of K components shared by the three channels, each a product of discretized logistics whose
+    means are coupled in R -> G -> B order through the observed values v = 2x/255 - 1:
+
+        mu_R = m_R,   mu_G = m_G + tanh(a) v_R,   mu_B = m_B + tanh(b) v_R + tanh(c) v_G
+
+    params (B, 10K, H, W): K mixture logits, then means, log-scales and coefficients (a, b, c),
+    3K each laid out (K, 3). x integers (B, 3, H, W). The 256^3 colours of a pixel have total
+    probability exactly 1 (each channel's 256 levels sum to 1 given the channels before it).
+    """
+
+    def __init__(self, params: torch.Tensor, num_mixtures: int):
+        k = num_mixtures
+        if params.shape[1] != 10 * k:
+            raise ConfigError(f"a {k}-component RGB logistic mixture needs {10 * k} parameter channels, "
+                              f"got {params.shape[1]}")
+        b, _, h, w = params.shape
+        self.logit_weights = params[:, :k]                                           # (B, K, H, W)
+        means, log_scales, coeffs = params[:, k:].reshape(b, 3, k, 3, h, w).unbind(1)  # (B, K, 3, H, W)
+        self.means, self.log_scales, self.coeffs = means, log_scales.clamp(min=-7.0), torch.tanh(coeffs)
+        self.k = k
+
+    def _coupled_means(self, x: torch.Tensor) -> torch.Tensor:
+        """The channels' means given the pixel's earlier channels, (B, K, 3, H, W)."""
+        v = (2.0 * x.to(self.means.dtype) / 255.0 - 1.0).unsqueeze(1)               # (B, 1, 3, H, W)
+        m, a = self.means, self.coeffs
+        return torch.stack([m[:, :, 0], m[:, :, 1] + a[:, :, 0] * v[:, :, 0],
+                            m[:, :, 2] + a[:, :, 1] * v[:, :, 0] + a[:, :, 2] * v[:, :, 1]], 2)
+
+    def log_prob_per_pixel(self, x: torch.Tensor) -> torch.Tensor:
+        """log P(R, G, B) of every pixel, (B, H, W) in nats."""
+        per_channel = _discretized_log_mass(x.unsqueeze(1), self._coupled_means(x), self.log_scales)
+        return torch.logsumexp(F.log_softmax(self.logit_weights, 1) + per_channel.sum(2), dim=1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.log_prob_per_pixel(x).flatten(1).sum(1)
+
+    def sample(self) -> torch.Tensor:
+        """(B, 3, H, W) int64: one component per pixel, then R, G given R, B given R and G, each
+        coupled to the drawn (rounded) levels, so draws follow exactly the distribution of log_prob."""
+        k = self.k
+        w = F.softmax(self.logit_weights, dim=1).movedim(1, -1)                      # (B, H, W, K)
+        choice = torch.multinomial(w.reshape(-1, k), 1).reshape(w.shape[:-1])       # (B, H, W)
+        pick = choice[:, None, None].expand(-1, 1, 3, -1, -1)
+
+        def chosen(t):
+            return t.gather(1, pick).squeeze(1)                                     # (B, 3, H, W)
+
+        m, log_s, a = chosen(self.means), chosen(self.log_scales), chosen(self.coeffs)
+        x = torch.zeros_like(m, dtype=torch.long)
+        for ch in range(3):
+            v = 2.0 * x.to(m.dtype) / 255.0 - 1.0
+            mu = m[:, ch] + (a[:, 0] * v[:, 0] if ch == 1 else 0) + (
+                a[:, 1] * v[:, 0] + a[:, 2] * v[:, 1] if ch == 2 else 0)
+            x[:, ch] = _logistic_draw(mu, log_s[:, ch])
+        return x
 
 
 class DiscretizedLogistic:

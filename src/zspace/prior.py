@@ -2,8 +2,9 @@
 
 ``train_prior(vqvae_run, out)`` encodes the VQ-VAE run's training and test images into
 code grids, stores them in ``out/codes.npz`` (8-bit, with the labels), and trains a
-(gated) PixelCNN with a K-way categorical head and embedded inputs on them: an exact
-likelihood over tiles, (h * w) steps per image instead of H * W. The run's model is one
+(gated) PixelCNN with a K-way categorical head and embedded inputs, or a causal transformer
+(``prior_model="tile-transformer"``), on them: an exact likelihood over tiles, (h * w) steps
+per image instead of C * H * W. The run's model is one
 ``VQPrior`` (models/vqprior.py): the frozen VQ-VAE and the prior in one checkpoint, so
 ``Run.sample`` and ``zspace sample`` draw code grids and decode them to images without the
 VQ-VAE's folder; ``prior_of`` in its config.json records where the VQ-VAE came from.
@@ -17,7 +18,7 @@ import torch
 
 from .errors import ConfigError
 from .models.capabilities import DiscreteCodes
-from .models.vqprior import VQPrior, VQPriorConfig
+from .models.vqprior import PRIOR_MODELS, VQPrior, VQPriorConfig
 from .training.checkpoint import CONFIG_FILE, write_json_atomic
 from .training.config import TrainConfig
 from .training.run import Run, load_run, read_run_config, train
@@ -34,8 +35,13 @@ def encode_split(vq_run: Run, split: str) -> tuple[np.ndarray, np.ndarray | None
 
 
 def train_prior(vqvae_run: str | Path, out: str | Path, *, gated: bool = True, config: TrainConfig | None = None,
-                progress: bool = True, overwrite: bool = False, embedding_dim: int = 32, **options) -> Run:
-    """Trains a PixelCNN prior on the code grids of ``vqvae_run``; returns the prior's run."""
+                progress: bool = True, overwrite: bool = False, embedding_dim: int = 32,
+                prior_model: str | None = None, **options) -> Run:
+    """Trains a prior on the code grids of ``vqvae_run``; returns the prior's run. ``prior_model``:
+    "gated-pixelcnn" (default), "pixelcnn" (``gated=False``) or "tile-transformer"."""
+    prior_model = prior_model or ("gated-pixelcnn" if gated else "pixelcnn")
+    if prior_model not in PRIOR_MODELS:
+        raise ConfigError(f"prior_model must be one of {', '.join(PRIOR_MODELS)}, got {prior_model!r}")
     if {"levels", "head"} & set(options):
         raise ConfigError("a prior's head and levels follow its VQ-VAE (a categorical over its K codes)")
     vq = load_run(vqvae_run)
@@ -52,12 +58,12 @@ def train_prior(vqvae_run: str | Path, out: str | Path, *, gated: bool = True, c
         if y is not None:
             arrays[f"y_{split}"] = y
     np.savez(out / CODES_FILE, **arrays)
-    prior_options = {"head": "categorical", "levels": vq.model.config.num_codes, "embedding_dim": embedding_dim,
-                     "first_kernel": 3, **options}
+    pixelcnn_defaults = {} if prior_model == "tile-transformer" else {"embedding_dim": embedding_dim,
+                                                                      "first_kernel": 3}
+    prior_options = {"head": "categorical", "levels": vq.model.config.num_codes, **pixelcnn_defaults, **options}
     config = config or TrainConfig()
     torch.manual_seed(config.seed)           # the prior's initial weights, as train() seeds a named model
-    model = VQPrior(VQPriorConfig(vqvae=vq.model.config.to_dict(),
-                                  prior_model="gated-pixelcnn" if gated else "pixelcnn", prior=prior_options))
+    model = VQPrior(VQPriorConfig(vqvae=vq.model.config.to_dict(), prior_model=prior_model, prior=prior_options))
     model.vqvae.load_state_dict(vq.model.state_dict())
     train(model, str((out / CODES_FILE).resolve()), out=out, preprocessing="uint8", config=config,
           progress=progress, overwrite=True, figures=False)

@@ -6,13 +6,14 @@ from .capabilities import (Conditional, ContinuousCode, DiscreteCodes, ExactLike
 from .losses import Losses, Statistic
 from .pixelcnn import GatedPixelCNN, GatedPixelCNNConfig, PixelCNN, PixelCNNConfig
 from .sae import SAEConfig, SparseAutoencoder
+from .tile_transformer import TileTransformer, TileTransformerConfig
 from .vae import CVAE, VAE, CVAEConfig, VAEConfig
 from .vqprior import VQPrior, VQPriorConfig
 from .vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["Autoencoder", "AutoencoderConfig", "VAE", "VAEConfig", "CVAE", "CVAEConfig", "PixelCNN", "PixelCNNConfig",
            "GatedPixelCNN", "GatedPixelCNNConfig", "VQVAE", "VQVAEConfig", "VQPrior", "VQPriorConfig",
-           "SparseAutoencoder", "SAEConfig",
+           "SparseAutoencoder", "SAEConfig", "TileTransformer", "TileTransformerConfig",
            "MODELS", "Losses", "Statistic", "Model", "build_model",
            "Conditional", "ContinuousCode", "DiscreteCodes", "ExactLikelihood", "ImportanceSampledLikelihood",
            "LatentVariableModel", "Reconstructs", "SamplesFromPrior", "capabilities_of"]

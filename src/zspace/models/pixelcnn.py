@@ -9,10 +9,18 @@ as in the paper (1x1 down, masked 3x3, 1x1 up). Three heads:
     categorical        a 256-way softmax per 8-bit grey level
     logistic-mixture   Salimans et al. (2017)'s discretized mixture of logistics
 
-NLL in nats per image (exact, no bound); bits/dim via zspace.evaluation.bits_per_dim.
-Grey images only (one channel); colour needs the channel-ordering masks, not built yet.
+Colour (3 channels), two ways:
 
-Shapes: x (B, 1, H, W): floats in {0, 1} for bernoulli, int64 0..255 otherwise.
+    categorical        subpixels in R -> G -> B order (van den Oord et al. 2016, section 3.4):
+                       every layer's feature maps fall into three groups; at the current pixel
+                       mask A lets group g see only the input channels before g, mask B groups
+                       up to g, so the 256-way softmax of G sees R, and B sees R and G
+    logistic-mixture   PixelCNN++'s coupled mixture (Salimans et al. 2017): the network sees
+                       only earlier pixels (whole-pixel masks), the mixture couples the channels
+
+NLL in nats per image (exact, no bound); bits/dim via zspace.evaluation.bits_per_dim.
+
+Shapes: x (B, C, H, W), C = 1 or 3: floats in {0, 1} for bernoulli, int64 0..255 otherwise.
 """
 from __future__ import annotations
 
@@ -24,12 +32,26 @@ from torch import nn
 
 from ..core.progress import Progress
 from ..data.corruptions import check_fraction
-from ..distributions import Bernoulli, Categorical, DiscretizedLogisticMixture
+from ..distributions import Bernoulli, Categorical, CoupledLogisticMixture, DiscretizedLogisticMixture
 from ..errors import ConfigError, DataError
 from .base import Losses, Model, ModelConfig, check_labelled_data, check_positive_int, checked_labels, register
 from .capabilities import ExactLikelihood, SamplesFromPrior
 
 HEADS = ("bernoulli", "categorical", "logistic-mixture")
+
+
+def colour_group(index: torch.Tensor, n: int, colours: int) -> torch.Tensor:
+    """The colour (0 = R, 1 = G, 2 = B) of feature channels ``index`` out of n: contiguous thirds
+    (as even as n allows)."""
+    return index * colours // n
+
+
+def colour_mask(out_channels: int, in_channels: int, colours: int, mask: str) -> torch.Tensor:
+    """(out, in) 0/1 connections at the current pixel: output group g sees input groups < g
+    (mask "A") or <= g ("B")."""
+    go = colour_group(torch.arange(out_channels), out_channels, colours)[:, None]
+    gi = colour_group(torch.arange(in_channels), in_channels, colours)[None, :]
+    return (go > gi if mask == "A" else go >= gi).float()
 
 
 def raster_mask(kh: int, kw: int, mask: str) -> torch.Tensor:
@@ -52,26 +74,35 @@ def raster_mask(kh: int, kw: int, mask: str) -> torch.Tensor:
 class MaskedConv2d(nn.Conv2d):
     """A convolution that only sees pixels before the current one in raster order
     (mask "A") or up to and including it (mask "B"); "V"/"V+" for vertical stacks.
-    ``kernel_size`` is an odd int or an (odd, odd) pair."""
+    ``kernel_size`` is an odd int or an (odd, odd) pair. ``colours`` = 3: at the current pixel
+    the connections follow :func:`colour_mask` instead (R -> G -> B; 1x1 kernels too)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, mask: str):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, mask: str, colours: int = 1):
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if kh % 2 != 1 or kw % 2 != 1:
             raise ConfigError(f"masked convolutions need an odd kernel size, got {kernel_size}")
         super().__init__(in_channels, out_channels, (kh, kw), padding=(kh // 2, kw // 2))
-        self.register_buffer("mask", raster_mask(kh, kw, mask).expand_as(self.weight).clone(), persistent=False)
+        m = raster_mask(kh, kw, mask).expand_as(self.weight).clone()
+        if colours > 1:
+            m[:, :, kh // 2, kw // 2] = colour_mask(out_channels, in_channels, colours, mask)
+        self.register_buffer("mask", m, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
 
 
+def pointwise_conv(c_in: int, c_out: int, colours: int = 1) -> nn.Conv2d:
+    """A 1x1 convolution; with colours > 1 one that keeps the R -> G -> B order (mask B)."""
+    return MaskedConv2d(c_in, c_out, 1, "B", colours) if colours > 1 else nn.Conv2d(c_in, c_out, 1)
+
+
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int, kernel_size: int):
+    def __init__(self, channels: int, kernel_size: int, colours: int = 1):
         super().__init__()
         half = channels // 2
-        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, half, 1), nn.ReLU(),
-                                 MaskedConv2d(half, half, kernel_size, "B"), nn.ReLU(),
-                                 nn.Conv2d(half, channels, 1))
+        self.net = nn.Sequential(nn.ReLU(), pointwise_conv(channels, half, colours), nn.ReLU(),
+                                 MaskedConv2d(half, half, kernel_size, "B", colours), nn.ReLU(),
+                                 pointwise_conv(half, channels, colours))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x)
@@ -94,8 +125,9 @@ class PixelCNNConfig(ModelConfig):
     def __post_init__(self):
         if len(self.input_shape) != 3 or any(int(s) < 1 for s in self.input_shape):
             raise ConfigError(f"PixelCNN needs image inputs (C, H, W), got {self.input_shape}")
-        if self.input_shape[0] != 1:
-            raise ConfigError(f"PixelCNN here models grey images (1 channel), got {self.input_shape[0]} channels")
+        if self.input_shape[0] not in (1, 3):
+            raise ConfigError(f"PixelCNN models grey (1 channel) or RGB (3 channel) images, "
+                              f"got {self.input_shape[0]} channels")
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
         for name in ("channels", "head_channels", "mixtures", "first_kernel", "kernel"):
@@ -111,14 +143,33 @@ class PixelCNNConfig(ModelConfig):
             raise ConfigError("levels and embedding_dim apply to the categorical head only")
         check_positive_int("embedding_dim", self.embedding_dim, minimum=0)
         check_fraction("input_mutation", self.input_mutation)
+        if self.input_shape[0] == 3:
+            self._check_colour()
+
+    def _check_colour(self) -> None:
+        if self.head == "bernoulli" or self.levels != 256 or self.embedding_dim:
+            raise ConfigError("a colour PixelCNN models 8-bit RGB: use head categorical (256 levels, "
+                              "R -> G -> B masks) or logistic-mixture (PixelCNN++ coupling)")
+        if self.colours > 1 and (self.channels < 6 or self.head_channels < 3):
+            raise ConfigError(f"R -> G -> B masks split the features in three (the blocks' halves too): "
+                              f"channels must be >= 6 and head_channels >= 3, got {self.channels} and "
+                              f"{self.head_channels}")
+
+    @property
+    def colours(self) -> int:
+        """3 where the network itself orders the colour channels (categorical RGB), else 1."""
+        return 3 if self.input_shape[0] == 3 and self.head == "categorical" else 1
 
     @property
     def in_channels(self) -> int:
-        return self.embedding_dim or 1
+        return self.embedding_dim or self.input_shape[0]
 
     @property
     def out_channels(self) -> int:
-        return {"bernoulli": 1, "categorical": self.levels, "logistic-mixture": 3 * self.mixtures}[self.head]
+        c = self.input_shape[0]
+        if self.head == "logistic-mixture":
+            return 10 * self.mixtures if c == 3 else 3 * self.mixtures
+        return {"bernoulli": 1, "categorical": c * self.levels}[self.head]
 
     @property
     def likelihood(self) -> str:
@@ -131,9 +182,9 @@ def _input_embedding(c: PixelCNNConfig) -> nn.Embedding | None:
 
 
 def _output_layers(c: PixelCNNConfig) -> list[nn.Module]:
-    """ReLU, 1x1 to head_channels, ReLU, 1x1 to the head's parameters."""
-    return [nn.ReLU(), nn.Conv2d(c.channels, c.head_channels, 1), nn.ReLU(),
-            nn.Conv2d(c.head_channels, c.out_channels, 1)]
+    """ReLU, 1x1 to head_channels, ReLU, 1x1 to the head's parameters (colour-ordered if need be)."""
+    return [nn.ReLU(), pointwise_conv(c.channels, c.head_channels, c.colours), nn.ReLU(),
+            pointwise_conv(c.head_channels, c.out_channels, c.colours)]
 
 
 def _pointwise(conv: nn.Conv2d, v: torch.Tensor) -> torch.Tensor:
@@ -153,8 +204,8 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
         c = config
         self.embedding = _input_embedding(c)
         self.net = nn.Sequential(
-            MaskedConv2d(c.in_channels, c.channels, c.first_kernel, "A"),
-            *[ResidualBlock(c.channels, c.kernel) for _ in range(c.residual_blocks)],
+            MaskedConv2d(c.in_channels, c.channels, c.first_kernel, "A", c.colours),
+            *[ResidualBlock(c.channels, c.kernel, c.colours) for _ in range(c.residual_blocks)],
             *_output_layers(c))
 
     def check_data(self, data) -> None:
@@ -173,7 +224,7 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
         return f"PixelCNN ({c.head}), {c.residual_blocks} blocks x {c.channels} channels"
 
     def _network_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Pixels (B, 1, H, W) -> the network's input (B, in_channels, H, W)."""
+        """Pixels (B, C, H, W) -> the network's input (B, in_channels, H, W)."""
         c = self.config
         if self.embedding is not None:
             return self.embedding(x[:, 0].long()).permute(0, 3, 1, 2)
@@ -197,11 +248,14 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
 
     def _head(self, out: torch.Tensor):
         """The pixel distribution from the network's raw output (B, P, H, W)."""
-        head = self.config.head
+        head, colour = self.config.head, self.config.input_shape[0] == 3
         if head == "bernoulli":
             return Bernoulli(out, event_dims=3)
-        if head == "categorical":
-            return Categorical(out.unsqueeze(2))                 # (B, levels, 1, H, W)
+        if head == "categorical":       # (B, levels, C, H, W); colour: the R, G, B blocks of logits
+            return Categorical(out.unflatten(1, (-1, self.config.levels)).transpose(1, 2) if colour
+                               else out.unsqueeze(2))
+        if colour:
+            return CoupledLogisticMixture(out, self.config.mixtures)
         return DiscretizedLogisticMixture(out.unsqueeze(2), self.config.mixtures)
 
     def log_prob(self, x: torch.Tensor, y=None) -> torch.Tensor:
@@ -227,27 +281,33 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
         layer inputs at earlier pixels (masked convolutions never look ahead, and every
         other layer is pointwise), so a step costs one pixel's worth of network instead of
         a whole image's. ``cached=False`` runs the full network for every pixel; both draw
-        the same random numbers, so one seed gives the same images either way.
+        the same random numbers, so one seed gives the same images either way. A colour model
+        with R -> G -> B masks takes three steps per pixel (one per channel); the coupled
+        logistic mixture draws a pixel's three channels in one.
         """
         if n < 1:
             raise ConfigError(f"the number of samples must be >= 1, got {n}")
-        h, w = self.config.input_shape[1:]
+        cfg = self.config
+        channels, (h, w) = cfg.input_shape[0], cfg.input_shape[1:]
         device = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
-        x = torch.zeros(n, self.config.in_channels, h, w, dtype=dtype, device=device)   # network input
-        pixels = torch.zeros(n, 1, h, w, dtype=torch.long, device=device)
+        x = torch.zeros(n, cfg.in_channels, h, w, dtype=dtype, device=device)   # network input
+        pixels = torch.zeros(n, channels, h, w, dtype=torch.long, device=device)
         buffers = self.stepper(n, y) if cached else None
         bar = Progress(h * w, f"sample {n} ({self.name}, pixel by pixel)", "pixels")   # shown by the CLI
+        # the channels each step fills: one at a time under colour masks, else all of them
+        steps = [[ch] for ch in range(channels)] if cfg.colours > 1 else [list(range(channels))]
         for r in range(h):
             for c in range(w):
                 bar.update(1)
-                if cached:
-                    out = buffers.step(x, r, c)                           # (B, P)
-                else:
-                    out = self.raw(x, y)[:, :, r, c]
-                value = self._head(out[:, :, None, None]).sample().reshape(n)
-                pixels[:, 0, r, c] = value.long()
-                x[:, :, r, c] = self._network_input(value.reshape(n, 1, 1, 1)).reshape(n, -1).to(dtype)
+                for fill in steps:
+                    if cached:
+                        out = buffers.step(x, r, c)                           # (B, P)
+                    else:
+                        out = self.raw(x, y)[:, :, r, c]
+                    value = self._head(out[:, :, None, None]).sample().reshape(n, channels)
+                    pixels[:, fill, r, c] = value[:, fill].long()
+                    x[:, :, r, c] = self._network_input(pixels[:, :, r:r + 1, c:c + 1]).reshape(n, -1).to(dtype)
         bar.close()
         return pixels.float() if self.config.head == "bernoulli" else pixels
 
@@ -307,6 +367,12 @@ class GatedBlock(nn.Module):
 class GatedPixelCNNConfig(PixelCNNConfig):
     residual_blocks: int = 7             # gated layers after the first
     num_classes: int = 0                 # > 0: a per-class bias in every layer (p(x|y))
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.colours > 1:
+            raise ConfigError("the gated PixelCNN models colour with the coupled logistic mixture "
+                              "(head logistic-mixture); R -> G -> B masked categoricals are the plain PixelCNN's")
 
 
 @register

@@ -2,8 +2,9 @@
 
     p(x) ~ decode(codes),  codes ~ PixelCNN prior over (1, h, w) grids of K-way codes
 
-The VQ-VAE (trained first, frozen here) turns images into code grids; the (gated)
-PixelCNN with a K-way categorical head is the model that trains, on the grids. Its exact
+The VQ-VAE (trained first, frozen here) turns images into code grids; the prior - a (gated)
+PixelCNN with a K-way categorical head, or a causal transformer over the tiles
+(models/tile_transformer.py) - is the model that trains, on the grids. Its exact
 likelihood is of code grids (bits per code), and ``sample`` draws grids and decodes them
 to images, so every command that samples works unchanged. Both networks' weights live in
 the one checkpoint: the run needs no other folder to sample or evaluate.
@@ -18,11 +19,10 @@ import torch
 from ..errors import ConfigError
 from .base import MODELS, Losses, Model, ModelConfig, register
 from .capabilities import ExactLikelihood, SamplesFromPrior
-from .pixelcnn import PixelCNN
 from .policies import LikelihoodMeaning
 from .vqvae import VQVAE, VQVAEConfig
 
-PRIOR_MODELS = ("pixelcnn", "gated-pixelcnn")
+PRIOR_MODELS = ("pixelcnn", "gated-pixelcnn", "tile-transformer")
 
 
 def code_grid_meaning(levels: int) -> LikelihoodMeaning:
@@ -32,7 +32,7 @@ def code_grid_meaning(levels: int) -> LikelihoodMeaning:
 @dataclass(frozen=True)
 class VQPriorConfig(ModelConfig):
     vqvae: dict = field(default_factory=dict)     # the VQ-VAE's config (frozen weights)
-    prior_model: str = "gated-pixelcnn"            # "pixelcnn" or "gated-pixelcnn"
+    prior_model: str = "gated-pixelcnn"            # "pixelcnn", "gated-pixelcnn" or "tile-transformer"
     prior: dict = field(default_factory=dict)     # its config: categorical head over the K codes
 
     @classmethod
@@ -46,8 +46,7 @@ class VQPriorConfig(ModelConfig):
         if self.prior_model not in PRIOR_MODELS:
             raise ConfigError(f"prior_model must be one of {', '.join(PRIOR_MODELS)}, got {self.prior_model!r}")
         vq = VQVAEConfig.from_dict(self.vqvae)
-        f = 2 ** len(vq.channels)
-        grid = (1, vq.input_shape[1] // f, vq.input_shape[2] // f)
+        grid = (1, *VQVAE.grid_of(vq))
         prior = MODELS[self.prior_model].config_class.from_dict(
             {"head": "categorical", "levels": vq.num_codes, "input_shape": grid, **self.prior})
         if prior.head != "categorical" or prior.levels != vq.num_codes or tuple(prior.input_shape) != grid:
@@ -69,7 +68,7 @@ class VQPriorConfig(ModelConfig):
 
 @register
 class VQPrior(Model, ExactLikelihood, SamplesFromPrior):
-    """A VQ-VAE with a (gated) PixelCNN prior over its code grids, sampled as images."""
+    """A VQ-VAE with a (gated) PixelCNN or transformer prior over its code grids, sampled as images."""
 
     name = "vqvae-prior"
     config_class = VQPriorConfig
@@ -78,7 +77,7 @@ class VQPrior(Model, ExactLikelihood, SamplesFromPrior):
     def __init__(self, config: VQPriorConfig):
         super().__init__(config)
         cls = MODELS[config.prior_model]     # built first: its initial weights are a named model's
-        self.prior: PixelCNN = cls(cls.config_class.from_dict(config.prior))
+        self.prior: Model = cls(cls.config_class.from_dict(config.prior))
         self.vqvae = VQVAE(VQVAEConfig.from_dict(config.vqvae))
         self.vqvae.requires_grad_(False)      # trained first; only the prior learns here
         self.vqvae.eval()

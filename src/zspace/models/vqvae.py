@@ -13,8 +13,12 @@ is restarted on a random encoder output of the current batch (restarts belong to
 codebook; with ``ema=False`` the codebook is learned by gradient and never restarted).
 Codebook usage is reported as the perplexity exp(H(code frequencies)).
 
-A PixelCNN prior over the code grids ("a sequence of tiles") is trained separately; its
-samples decode to images through ``decode_codes``.
+Two architectures: ``conv`` (strided 4x4 convolutions, the grey 28x28 default) and
+``resnet``, the residual trunk of ``nn.resnet`` (``blocks`` per stage, GroupNorm) for colour
+images: 64x64 faces with three stages give an 8x8 code grid, with two a 16x16 one.
+
+An autoregressive prior over the code grids ("a sequence of tiles": a PixelCNN or a causal
+transformer) is trained separately; its samples decode to images through ``decode_codes``.
 """
 from __future__ import annotations
 
@@ -25,10 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..nn import NORMS
 from ..nn.mlp import activation
+from ..nn.resnet import check_resnet_shape
 from .base import Losses, Model, ModelConfig, Statistic, check_positive, check_positive_int, register
 from .capabilities import DiscreteCodes, Reconstructs
+from .networks import build_spatial_decoder, build_spatial_encoder
 
 
 def perplexity_of_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -144,10 +151,16 @@ def _from_rank0(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+VQ_ARCHITECTURES = ("conv", "resnet")
+
+
 @dataclass(frozen=True)
 class VQVAEConfig(ModelConfig):
     input_shape: tuple[int, ...] = (1, 28, 28)
+    architecture: str = "conv"              # "conv" (strided convolutions) or "resnet" (residual, for colour)
     channels: tuple[int, ...] = (32, 64)    # conv stages, each halving the resolution (28 -> 7)
+    blocks: int = 1                         # resnet: residual blocks per stage
+    norm: str = "group"                     # resnet: "group", "batch" or "none"
     embedding_dim: int = 32                 # D
     num_codes: int = 128                    # K (<= 256 so code grids store as 8-bit for the prior)
     commitment: float = 0.25                # beta
@@ -159,12 +172,15 @@ class VQVAEConfig(ModelConfig):
     def __post_init__(self):
         if len(self.input_shape) != 3:
             raise ConfigError(f"VQ-VAE needs image inputs (C, H, W), got {self.input_shape}")
+        if self.architecture not in VQ_ARCHITECTURES:
+            raise ConfigError(f"unknown VQ-VAE architecture {self.architecture!r}; choose conv or resnet")
         if not self.channels or any(int(c) < 1 for c in self.channels):
             raise ConfigError("channels must be one or more positive widths")
-        f = 2 ** len(self.channels)
-        if self.input_shape[1] % f or self.input_shape[2] % f:
-            raise ConfigError(f"{len(self.channels)} stride-2 stages need H and W divisible by {f}, "
-                              f"got {self.input_shape[1:]}")
+        check_resnet_shape(self.input_shape, len(self.channels))     # H, W divisible by 2^stages
+        if not isinstance(self.blocks, int) or isinstance(self.blocks, bool) or self.blocks < 0:
+            raise ConfigError(f"blocks (residual blocks per stage) must be an integer >= 0, got {self.blocks!r}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         check_positive_int("embedding_dim", self.embedding_dim)
         check_positive_int("num_codes", self.num_codes, minimum=2)
         if self.num_codes > 256:
@@ -183,30 +199,29 @@ class VQVAE(Model, Reconstructs, DiscreteCodes):
     def __init__(self, config: VQVAEConfig):
         super().__init__(config)
         c = config
-        chans = [c.input_shape[0], *c.channels]
-        enc: list[nn.Module] = []
-        for a, b in zip(chans[:-1], chans[1:]):
-            enc += [nn.Conv2d(a, b, 4, stride=2, padding=1), activation(c.activation)]
-        enc += [nn.Conv2d(chans[-1], c.embedding_dim, 1)]
-        dec: list[nn.Module] = [nn.Conv2d(c.embedding_dim, chans[-1], 3, padding=1), activation(c.activation)]
-        rev = chans[::-1]
-        for i, (a, b) in enumerate(zip(rev[:-1], rev[1:])):
-            dec.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
-            if i < len(rev) - 2:
-                dec.append(activation(c.activation))
-        self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
+        if c.architecture == "resnet":
+            self.encoder = build_spatial_encoder(c, c.embedding_dim)
+            self.decoder = build_spatial_decoder(c, c.embedding_dim)
+        else:
+            self.encoder, self.decoder = _strided_networks(c)
         self.quantizer = VectorQuantizer(c.num_codes, c.embedding_dim, c.commitment, c.ema, c.ema_decay,
                                          c.restart_threshold)
 
+    @staticmethod
+    def grid_of(config: VQVAEConfig) -> tuple[int, int]:
+        """(h, w) of the code grid: H and W halved once per stage."""
+        return check_resnet_shape(config.input_shape, len(config.channels))
+
     @property
     def code_shape(self) -> tuple[int, int]:
-        f = 2 ** len(self.config.channels)
-        return self.config.input_shape[1] // f, self.config.input_shape[2] // f
+        return self.grid_of(self.config)
 
     def describe(self) -> str:
         c = self.config
         h, w = self.code_shape
-        return f"VQ-VAE, {h}x{w} codes from K={c.num_codes} (D={c.embedding_dim}){', EMA' if c.ema else ''}"
+        n = len(c.channels)
+        arch = f", resnet {n} stage{'s' * (n > 1)}" if c.architecture == "resnet" else ""
+        return f"VQ-VAE{arch}, {h}x{w} codes from K={c.num_codes} (D={c.embedding_dim}){', EMA' if c.ema else ''}"
 
     @property
     def num_codes(self) -> int:
@@ -233,8 +248,27 @@ class VQVAE(Model, Reconstructs, DiscreteCodes):
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Code grids (B, h, w) -> images in [0, 1]."""
+        if codes.dim() != 3 or tuple(codes.shape[1:]) != self.code_shape:
+            raise DataError(f"code grids must be (B, {self.code_shape[0]}, {self.code_shape[1]}) for this VQ-VAE, "
+                            f"got shape {tuple(codes.shape)}")
         return torch.sigmoid(self.decoder(self.quantizer.lookup(codes.long())))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
         return self.decode_codes(self.encode_codes(x))
+
+
+def _strided_networks(c: VQVAEConfig) -> tuple[nn.Module, nn.Module]:
+    """The conv architecture: 4x4 stride-2 convolutions down, transposed ones up."""
+    chans = [c.input_shape[0], *c.channels]
+    enc: list[nn.Module] = []
+    for a, b in zip(chans[:-1], chans[1:]):
+        enc += [nn.Conv2d(a, b, 4, stride=2, padding=1), activation(c.activation)]
+    enc += [nn.Conv2d(chans[-1], c.embedding_dim, 1)]
+    dec: list[nn.Module] = [nn.Conv2d(c.embedding_dim, chans[-1], 3, padding=1), activation(c.activation)]
+    rev = chans[::-1]
+    for i, (a, b) in enumerate(zip(rev[:-1], rev[1:])):
+        dec.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+        if i < len(rev) - 2:
+            dec.append(activation(c.activation))
+    return nn.Sequential(*enc), nn.Sequential(*dec)

@@ -108,7 +108,9 @@ class Run:
         part = (data or self.data()).split(split)
         shape = tuple(self.model.config.input_shape)
         if part.example_shape != shape:
-            raise ConfigError(f"data examples have shape {part.example_shape}, the model expects {shape}")
+            colour = (len(shape) == 3 and len(part.example_shape) == 3 and part.example_shape[1:] == shape[1:])
+            hint = f" ({part.example_shape[0]} channels into a {shape[0]}-channel model)" if colour else ""
+            raise ConfigError(f"data examples have shape {part.example_shape}, the model expects {shape}{hint}")
         self.model.check_data(part)
         if limit is not None:
             part = part.head(limit)
