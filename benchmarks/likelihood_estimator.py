@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.evaluation import importance_sampled_log_likelihood
 
-PYTHAE = Path("/tmp/peer-pythae/bin/python")
+PYTHAE = Path(os.environ.get("PYTHAE_VENV", "/tmp/peer-pythae")) / "bin" / "python"   # as in vs_pythae.py
 
 
 @torch.no_grad()
@@ -88,7 +89,7 @@ def main() -> None:
     def gflops(images, seconds):
         return flop_per_pass * args.samples * images / seconds / 1e9
 
-    load = lambda: round(__import__("os").getloadavg()[0], 1)   # noqa: E731
+    load = lambda: round(os.getloadavg()[0], 1)   # noqa: E731
     load0 = load()
     new = lambda x, k: importance_sampled_log_likelihood(model, x, k)            # noqa: E731
     old = lambda x, k: previous_estimator(model, x, k)                           # noqa: E731
