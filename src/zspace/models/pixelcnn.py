@@ -156,9 +156,10 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
             MaskedConv2d(c.in_channels, c.channels, c.first_kernel, "A"),
             *[ResidualBlock(c.channels, c.kernel) for _ in range(c.residual_blocks)],
             *_output_layers(c))
-        # Channels-last (NHWC) weights and activations: oneDNN's convolutions on this model's
-        # narrow layers: a training step (batch 64, 1 thread, 2-core AVX512/AMX CPU) took
-        # 2.1 s against 3.6 s NCHW at fp32, and 1.1 s with bf16 autocast (benchmarks/pixelcnn_step.py)
+        # Channels-last (NHWC) weights and activations for oneDNN's convolutions on these narrow
+        # layers: a training step (batch 64, 1 thread, 2-core AVX512/AMX CPU under load) took
+        # 1.4-1.75x less time than NCHW at fp32, 3x less with bf16 autocast; at 2 threads on the
+        # loaded machine the gain was not reproducible. benchmarks/pixelcnn_step.py re-measures it.
         self.channels_last = True
         self.to(memory_format=torch.channels_last)
 
