@@ -122,6 +122,72 @@ nats and bf16 by {runs['bf16-seed0'][0] - runs['fp32-seed0'][0]:+.2f} nats (targ
 """)
 
 
+def bf16_rows(args, data) -> list:
+    """(model, batch, steps, fp32 seconds, bf16 seconds) per model: median step, fastest repeat."""
+    rows_bf16 = []
+    for label, (model, _, options) in MODELS.items():
+        pixel = model == "pixelcnn"
+        steps, batch = (6, 32) if pixel else (20 if "conv" in label else 40, args.batch_size)
+        fp32, bf16 = [], []
+        for _ in range(args.repeats):   # alternated, so that load on the machine hits both alike
+            fp32.append(step_seconds(model, options, data, "fp32", steps, batch, args.threads))
+            bf16.append(step_seconds(model, options, data, "bf16", steps, batch, args.threads))
+        fp32, bf16 = min(fp32), min(bf16)
+        rows_bf16.append((label, batch, steps, fp32, bf16))
+        print(rows_bf16[-1], flush=True)
+    return rows_bf16
+
+
+def matmul_probe(threads: int) -> list:
+    """GFLOP/s of one matrix product at fp32, with bf16 operands (oneDNN's AMX kernels) and under
+    autocast from fp32 operands (cast on every call, as in training)."""
+    torch.set_num_threads(threads)
+
+    def best(f, n=30):
+        f()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+    rows = []
+    for label, (m, k, n) in {"MLP VAE layer 1, batch 100 (100 x 784 x 512)": (100, 784, 512),
+                             "MLP VAE layer 2 (100 x 512 x 256)": (100, 512, 256),
+                             "PixelCNN 1x1 conv as a product (50176 x 32 x 32)": (50176, 32, 32),
+                             "a large product (6400 x 784 x 512)": (6400, 784, 512)}.items():
+        a, w = torch.randn(m, k), torch.randn(n, k)
+        ab, wb = a.bfloat16(), w.bfloat16()
+        f32 = best(lambda: a @ w.T)
+        b16 = best(lambda: ab @ wb.T)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = best(lambda: torch.nn.functional.linear(a, w))
+        rows.append((label, *(2 * m * k * n / s / 1e9 for s in (f32, b16, auto))))
+    return rows
+
+
+def bf16_only(args, data, load_before: float) -> None:
+    rows = bf16_rows(args, data)
+    probe = matmul_probe(args.threads)
+    md = ["### bf16 against fp32 per training step on this CPU (Fashion-MNIST, Bernoulli)", "",
+          f"Command: `{command_line()}`",
+          f"Machine: {machine()}; AVX512-BF16 and AMX. 1-minute load average {load_before:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end, on 2 cores (other sessions' work; a 2-thread process suffers "
+          f"most, since its OpenMP threads wait for each other whenever one is descheduled). Median seconds per "
+          f"optimiser step, the fastest of {args.repeats} alternated runs, {args.threads} threads, through the "
+          f"trainer (`precision: bf16` = autocast around the loss). The PixelCNN runs channels_last (its default).",
+          "", "| model | batch | steps timed | fp32 | bf16 | speed-up fp32 / bf16 |", "|---|---|---|---|---|---|"]
+    md += [f"| {m} | {b} | {s} | {f:.4f} s | {h:.4f} s | **{f / h:.2f}x** |" for m, b, s, f, h in rows]
+    md += ["", "Why: GFLOP/s of single matrix products (best of 30). oneDNN runs bf16 on AMX "
+               "(`ONEDNN_VERBOSE=1` shows `brg_matmul:avx10_1_512_amx` and `brg_conv_fwd:avx10_1_512_amx`); "
+               "under autocast every call also casts its fp32 weights and activations, which costs as much "
+               "as the product itself at these models' small shapes.", "",
+           "| product (M x K x N) | fp32 | bf16 operands | autocast from fp32 |", "|---|---|---|---|"]
+    md += [f"| {label} | {a:.0f} | {b:.0f} ({b / a:.1f}x) | {c:.0f} ({c / a:.1f}x) |" for label, a, b, c in probe]
+    update_section("bf16-step", "\n".join(md))
+    print("\n".join(md))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -129,6 +195,8 @@ def main() -> None:
     ap.add_argument("--ddp-steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--nll", action="store_true", help="instead: final NLL of DDP and bf16 against fp32 seeds")
+    ap.add_argument("--bf16-only", action="store_true",
+                    help="only (b), and why: matrix products at fp32, bf16 and under autocast (section bf16-step)")
     ap.add_argument("--nll-epochs", type=int, default=5)
     ap.add_argument("--nll-seeds", type=int, default=3)
     ap.add_argument("--nll-k", type=int, default=200)
@@ -139,7 +207,9 @@ def main() -> None:
         return nll_agreement(args)
     load_before = os.getloadavg()[0]
     data = zspace.load_dataset("fashion-mnist")
-    rows_ddp, rows_bf16 = [], []
+    if args.bf16_only:
+        return bf16_only(args, data, load_before)
+    rows_ddp = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, (model, flags, _) in list(MODELS.items())[:2]:
             steps = args.ddp_steps if "MLP" in label else max(20, args.ddp_steps // 3)
@@ -151,17 +221,7 @@ def main() -> None:
                       for _ in range(args.repeats))
             rows_ddp.append((label, steps, one, two, single))
             print(rows_ddp[-1], flush=True)
-    for label, (model, _, options) in MODELS.items():
-        pixel = model == "pixelcnn"
-        steps, batch = (6, 32) if pixel else (20 if "conv" in label else 40, args.batch_size)
-        fp32, bf16 = [], []
-        for _ in range(args.repeats):   # alternated, so that load on the machine hits both alike
-            fp32.append(step_seconds(model, options, data, "fp32", steps, batch, args.threads))
-            bf16.append(step_seconds(model, options, data, "bf16", steps, batch, args.threads))
-        fp32, bf16 = min(fp32), min(bf16)
-        rows_bf16.append((label, batch, steps, fp32, bf16))
-        print(rows_bf16[-1], flush=True)
-
+    rows_bf16 = bf16_rows(args, data)
     md = [f"### DDP and bf16 on this CPU (Fashion-MNIST, dynamically binarized, Bernoulli decoders)", "",
           f"Command: `{command_line()}`",
           f"Machine: {machine()}; every number is the fastest of {args.repeats} repeats (1-minute load "

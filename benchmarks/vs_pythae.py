@@ -16,7 +16,9 @@ pythae's training time).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +31,7 @@ from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.evaluation import evaluate_likelihood
 from zspace.rng import seeded
 
-VENV = Path("/tmp/pythae-venv")
+VENV = Path(os.environ.get("PYTHAE_VENV", "/tmp/peer-pythae"))   # the peers' venvs live under /tmp
 
 
 def ensure_pythae() -> Path:
@@ -53,6 +55,8 @@ def main() -> None:
     ap.add_argument("--zspace-lr", type=float, default=5e-3)
     ap.add_argument("--zspace-schedule", default="cosine")
     ap.add_argument("--work", default="/tmp/zspace-vs-pythae")
+    ap.add_argument("--train-limit", type=int, default=None,
+                    help="both train on the first N training images only (a quick per-epoch ratio)")
     args = ap.parse_args()
     use_shared_data()
     torch.set_num_threads(args.threads)
@@ -67,13 +71,16 @@ def main() -> None:
                     "--activation", args.activation, "--nll-samples", str(args.nll_samples),
                     "--nll-limit", str(args.nll_images), "--seed", str(args.seed),
                     "--data", str(Path(zspace.data.search_dirs("mnist")[0]) / "mnist.npz"),
-                    "--bench-dir", str(work), "--out", str(pythae_json)], check=True)
+                    "--bench-dir", str(work), "--out", str(pythae_json)]
+                   + (["--train-limit", str(args.train_limit)] if args.train_limit else []), check=True)
     pyt = json.loads(pythae_json.read_text())
     test_bin = np.load(work / f"test_bin_seed{args.seed}.npy").astype(np.float32)   # (N, 28, 28) in {0, 1}
     test = zspace.ArrayData.from_arrays(test_bin, name="mnist-test-binarized-by-pythae")
 
     # ---- zspace, same budget; NLL after every epoch (evaluation time not counted) -----------
     data = zspace.load_dataset("mnist")
+    if args.train_limit:
+        data = dataclasses.replace(data, train=data.train.head(args.train_limit))
     curve = []
 
     def nll_of(model):
@@ -120,7 +127,7 @@ def main() -> None:
 
 Command: `{command_line()}`
 Machine: {machine()}; both on {args.threads} thread(s), one after the other in the same run.
-Set-up for both: dynamically binarized MNIST (60,000 training images), Bernoulli decoder,
+Set-up for both: dynamically binarized MNIST ({len(data.train):,} training images), Bernoulli decoder,
 {args.activation}, batch 100, Adam, {args.epochs} epochs. Learning rate, each library's recipe:
 pythae {args.pythae_lr:g} constant (its default trainer has no schedule; its default lr, 1e-4, is slower);
 zspace {args.zspace_lr:g} with a {args.zspace_schedule} schedule. The epoch-time and estimator-time
@@ -138,7 +145,7 @@ on the same {len(test)} test images binarized once (seed {args.seed}).
 
 zspace reaches pythae's final NLL after {reach_txt}. Target ≤ 1/3: **{verdict}**.
 """
-    update_section(f"vs-pythae-lr{args.pythae_lr:g}", md)
+    update_section(f"vs-pythae-lr{args.pythae_lr:g}" + (f"-train{args.train_limit}" if args.train_limit else ""), md)
 
 
 if __name__ == "__main__":

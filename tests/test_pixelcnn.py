@@ -221,3 +221,19 @@ def test_levels_are_checked_against_the_data(digits):
     m = PixelCNN(PixelCNNConfig(input_shape=(1, 4, 4), channels=4, residual_blocks=0, head_channels=4))
     with pytest.raises(ConfigError, match=">= 1"):
         m.sample(0)
+
+
+def test_channels_last_layout_gives_the_nchw_likelihood_and_gradients():
+    """The PixelCNN's default NHWC layout changes speed only: same log p(x) and gradients as NCHW."""
+    torch.manual_seed(0)
+    m = PixelCNN(PixelCNNConfig(input_shape=(1, 8, 8), channels=8, residual_blocks=2, head_channels=16))
+    assert m.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = (torch.rand(4, 1, 8, 8) < 0.3).float()
+    lp = m.log_prob(x)
+    grads = torch.autograd.grad(lp.sum(), list(m.parameters()))
+    m.channels_last = False
+    m.to(memory_format=torch.contiguous_format)
+    lp2 = m.log_prob(x)
+    torch.testing.assert_close(lp, lp2, rtol=1e-5, atol=1e-4)
+    for a, b in zip(grads, torch.autograd.grad(lp2.sum(), list(m.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)

@@ -198,6 +198,7 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
 
     name = "pixelcnn"
     config_class = PixelCNNConfig
+    channels_last = False       # NHWC layout; set by the models where it was measured to help
 
     def __init__(self, config: PixelCNNConfig):
         super().__init__(config)
@@ -207,6 +208,12 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
             MaskedConv2d(c.in_channels, c.channels, c.first_kernel, "A", c.colours),
             *[ResidualBlock(c.channels, c.kernel, c.colours) for _ in range(c.residual_blocks)],
             *_output_layers(c))
+        # Channels-last (NHWC) weights and activations for oneDNN's convolutions on these narrow
+        # layers: a training step (batch 64, 1 thread, 2-core AVX512/AMX CPU under load) took
+        # 1.4-1.75x less time than NCHW at fp32, 3x less with bf16 autocast; at 2 threads on the
+        # loaded machine the gain was not reproducible. benchmarks/pixelcnn_step.py re-measures it.
+        self.channels_last = True
+        self.to(memory_format=torch.channels_last)
 
     def check_data(self, data) -> None:
         """8-bit heads need integer values below ``levels``."""
@@ -234,6 +241,8 @@ class PixelCNN(Model, ExactLikelihood, SamplesFromPrior):
 
     def raw(self, x_in: torch.Tensor, y=None) -> torch.Tensor:
         """The network's output (B, P, H, W) for scaled inputs."""
+        if self.channels_last:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
         return self.net(x_in)
 
     def stepper(self, n: int, y=None) -> "_StepBuffers":

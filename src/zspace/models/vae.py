@@ -178,9 +178,13 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
                                eps: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x, z_i) - log q(z_i|x) for k samples z_i ~ q; shape (k, B). ``eps`` (k, B, D):
         the standard-normal draws of z_i = mean + std * eps, when the caller fixes them."""
-        z = q.rsample(k) if eps is None else q.mean + q.std * eps.to(q.mean)   # (k, B, D)
+        if eps is None:
+            eps = torch.randn((k, *q.mean.shape), dtype=q.mean.dtype, device=q.mean.device)
+        eps = eps.to(q.mean)
+        z = q.mean + q.std * eps                           # (k, B, D), the draws of q.rsample(k)
         log_px_z = self.decode(z, y).log_prob(x)           # x broadcasts over k
-        return log_px_z + standard_normal_log_prob(z) - q.log_prob(z)
+        # log p(z) - log q(z|x) with (z - mean) / std = eps: the 2 pi constants cancel
+        return log_px_z + 0.5 * (q.log_var.sum(-1) - (z.square() - eps.square()).sum(-1))
 
     def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         x = self.training_input(x)
