@@ -60,3 +60,11 @@ def report_runs(tmp_path_factory):
     zspace.train("vae", "digits", out=root / "b", config=tiny_config(epochs=2), progress=False, figures=False,
                  latent_dim=6, hidden=(32,))
     return root / "a", root / "b"
+
+
+@pytest.fixture(scope="session")
+def report_page(report_runs, tmp_path_factory):
+    """Run "a"'s report (written once: drawing its figures is the slow part)."""
+    from zspace.report import write_report
+
+    return write_report(zspace.load_run(report_runs[0]), tmp_path_factory.mktemp("report") / "report.html")

@@ -122,12 +122,8 @@ def test_sortable_table_and_toc_of_a_zspace_page(tmp_path, need_chromium):
     assert names["asc"] == ["a", "b", "c", "d"]
 
 
-def test_run_report_in_chromium(report_runs, tmp_path, need_chromium):
-    from zspace import load_run
-    from zspace.report import write_report
-
-    page = write_report(load_run(report_runs[0]), tmp_path / "report.html")
-    result = open_in_chromium(page, check=check("KL (nats)"))
+def test_run_report_in_chromium(report_page, need_chromium):
+    result = open_in_chromium(report_page, check=check("KL (nats)"))
     assert result["errors"] == []
     assert result["images"] and all(img["naturalWidth"] > 0 for img in result["images"])
     c = result["check"]

@@ -143,3 +143,15 @@ def test_csv_and_the_chosen_backends_get_every_row(monkeypatch, digits, tmp_path
 def test_no_run_folder_no_backends(monkeypatch):
     fake_module(monkeypatch, "wandb", init=lambda **kw: pytest.fail("wandb.init without a run folder"))
     assert loggers.make_loggers("wandb", None, {}) == []
+
+
+def test_a_backend_that_fails_to_start_is_one_line(monkeypatch, tmp_path):
+    class Refusing:
+        def __init__(self, tracking_uri):
+            raise RuntimeError("the filesystem tracking backend is in maintenance mode\nsecond line")
+
+    fake_module(monkeypatch, "mlflow")
+    fake_module(monkeypatch, "mlflow.tracking", MlflowClient=Refusing)
+    with pytest.raises(ConfigError) as e:
+        loggers.make_loggers("mlflow", tmp_path, {})
+    assert str(e.value) == "--log-to mlflow: RuntimeError: the filesystem tracking backend is in maintenance mode"

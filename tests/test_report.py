@@ -14,7 +14,7 @@ from zspace.errors import ConfigError
 from zspace.evaluation.glossary import MEASURES, lookup
 from zspace.evaluation.literature import REFERENCES, likelihood_over, references_for
 from zspace.report import report, write_comparison, write_report
-from zspace.report.html import _literature
+from zspace.report.html import _evaluations_html, _literature, stale_warning
 from zspace.tasks import evaluate_run, reconstruct_run, write_evaluation
 
 from .conftest import tiny_config
@@ -33,30 +33,26 @@ def test_evaluation_json_records_the_weights_position(report_runs, tmp_path):
     assert {k: saved[k] for k in ("epoch", "batch", "step", "checkpoint")} == run.position()
 
 
-def test_stale_and_unplaced_evaluations_are_flagged(report_runs, tmp_path):
+def test_stale_and_unplaced_evaluations_are_flagged(report_runs, report_page):
     a, _ = report_runs
     run = zspace.load_run(a)
     stale = json.loads((a / "eval-test-k5.json").read_text())
     assert stale["epoch"] == 2 and stale["step"] < run.position()["step"]
-    page = text(write_report(run, tmp_path / "r.html"))
+    page = text(report_page)
     assert "eval-test-k5.json was made at checkpoint epoch-0002 (epoch 2, step 46), but this report's weights " \
            "are at checkpoint epoch-0003 (epoch 3, step 69)" in page
     assert "1 evaluation(s) are not of these weights" in page
     # an evaluation of the current weights carries no warning; one without a position does
-    fresh = tmp_path / "fresh"
-    run2 = zspace.train("vae", "digits", out=fresh, config=tiny_config(epochs=1), progress=False, figures=False,
-                        latent_dim=2, hidden=(16,))
-    write_evaluation(evaluate_run(run2, nll_samples=3, limit=20), None, fresh)
-    page = text(write_report(zspace.load_run(fresh)))
-    assert "⚠" not in page and "made at checkpoint epoch-0001 (epoch 1, step 23)" in page
-    old = json.loads((fresh / "eval-test-k3.json").read_text())
-    for k in ("epoch", "batch", "step", "checkpoint"):
-        del old[k]
-    (fresh / "eval-test-old.json").write_text(json.dumps(old))
-    assert "eval-test-old.json records no epoch or step" in text(write_report(zspace.load_run(fresh)))
+    pos = run.position()
+    assert stale_warning(stale, pos, "x") is not None
+    assert stale_warning({**stale, **pos}, pos, "x") is None
+    current = _evaluations_html(run, pos, [("now.json", {**stale, **pos})])
+    assert "⚠" not in current and "made at checkpoint epoch-0003 (epoch 3, step 69)" in html.unescape(current)
+    old = {k: v for k, v in stale.items() if k not in ("epoch", "batch", "step", "checkpoint")}
+    assert "old.json records no epoch or step" in html.unescape(_evaluations_html(run, pos, [("old.json", old)]))
 
 
-def test_every_number_on_the_page_has_a_glossary_entry(report_runs, tmp_path):
+def test_every_number_on_the_page_has_a_glossary_entry(report_runs, report_page):
     a, _ = report_runs
     run = zspace.load_run(a)
     logged = {k for row in run.history() for k in row}
@@ -65,7 +61,7 @@ def test_every_number_on_the_page_has_a_glossary_entry(report_runs, tmp_path):
     unknown = [k for k in logged | evaluated if lookup(k)[1] is None]
     assert not unknown, f"no glossary entry for {unknown}"
     assert lookup("test_elbo") == ("test", MEASURES["elbo"]) and lookup("bits_per_dim")[0] is None
-    page = write_report(run, tmp_path / "r.html").read_text()
+    page = report_page.read_text()
     for m in (MEASURES["elbo"], MEASURES["nll"], MEASURES["bits_per_dim"]):
         assert html.escape(m.meaning) in page
     assert "nats/example" in page and "↑ higher" in page and "↓ lower" in page
@@ -86,7 +82,7 @@ def test_reconstructions_show_grey_levels_of_binarized_inputs(report_runs):
     assert np.allclose(grey.numpy(), expected.reshape(grey.shape), atol=1e-6)
 
 
-def test_literature_values_apply_only_to_their_data_and_likelihood(report_runs, tmp_path):
+def test_literature_values_apply_only_to_their_data_and_likelihood(report_runs):
     assert {r.value for r in references_for("mnist", "dynamic-binary")} == {86.76, 85.54, 84.78}
     assert [r.value for r in references_for("mnist", "static-binary")] == [81.30, 79.20]
     assert references_for("mnist", None) == [] and references_for("digits", "dynamic-binary") == []
@@ -152,4 +148,4 @@ def test_report_arguments_are_checked(report_runs, tmp_path, capsys):
         assert message in err and err.count("\n") == 1
     with pytest.raises(ConfigError, match="at least two"):
         write_comparison([zspace.load_run(a)], tmp_path / "c.html")
-    assert report([a], tmp_path / "one.html") == tmp_path / "one.html"
+    assert report([a, b], tmp_path / "two.html") == tmp_path / "two.html"

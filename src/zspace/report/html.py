@@ -93,8 +93,8 @@ def _metrics(run, pos: dict, evaluated: bool) -> str:
     return "".join(parts)
 
 
-def _evaluations(run, pos: dict) -> str | None:
-    found = evaluations(run)
+def _evaluations_html(run, pos: dict, found: list[tuple[str, dict]]) -> str | None:
+    """The Evaluations section for (file name, result) pairs, or None when there are none."""
     if not found:
         return None
     parts = []
@@ -252,7 +252,7 @@ def write_report(run, path: str | Path | None = None, seed: int = 0) -> Path:
               f"({esc(spec.preprocessing)}); zspace {esc(str(run.config.get('zspace_version')))}, created "
               f"{esc(str(run.config.get('created', '?')))}.<br>Weights: <b>{esc(position_text(pos))}</b>. Every "
               "figure and table below is drawn from these weights unless it says otherwise.</p>")
-    evals = _evaluations(run, pos)
+    evals = _evaluations_html(run, pos, evaluations(run))
     sections: list[tuple[str, str]] = [("Metrics", _metrics(run, pos, evals is not None))]
     stale = [w for name, r in evaluations(run) if (w := stale_warning(r, pos, name))]
     if stale:

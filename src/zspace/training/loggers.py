@@ -8,6 +8,7 @@ back-ends are chosen by ``TrainConfig.log_to`` (``--log-to``), a comma-separated
     tensorboard   RUN/tensorboard/ (torch.utils.tensorboard's SummaryWriter)
     mlflow        an MLflow file store in RUN/mlruns/ (experiment "zspace", one MLflow run per
                   zspace run or resume); browse with ``mlflow ui --backend-store-uri RUN/mlruns``
+                  (MLflow 3 wants MLFLOW_ALLOW_FILE_STORE=true for that; zspace sets it unless set)
     wandb         Weights & Biases in offline mode, in RUN/wandb/ (``wandb sync`` uploads it later)
 
 Each back-end is used through its own library, imported only when chosen: none is a
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import os
 from pathlib import Path
 
 from ..core.config import flatten
@@ -107,6 +109,9 @@ class MLflowLogger(MetricLogger):
     name = "mlflow"
 
     def __init__(self, run_dir: Path, config: dict):
+        # MLflow 3 keeps its file store but refuses it unless asked for (a database is its new
+        # default); a user's own setting of the variable wins
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         tracking = importlib.import_module("mlflow.tracking")
         self.client = tracking.MlflowClient(tracking_uri=(Path(run_dir).resolve() / "mlruns").as_uri())
         exp = self.client.get_experiment_by_name("zspace")
@@ -149,4 +154,15 @@ def make_loggers(spec: str, run_dir: Path | None, config: dict) -> list[MetricLo
     names = resolve(spec)
     if run_dir is None:
         return []
-    return [LOGGERS[n](Path(run_dir), config) for n in names if n != "csv"]
+    made = []
+    for name in names:
+        if name == "csv":
+            continue
+        try:
+            made.append(LOGGERS[name](Path(run_dir), config))
+        except Exception as e:   # the library's own failure (a store it refuses, a bad setting): one line
+            for logger in made:
+                logger.close()
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--log-to {name}: {type(e).__name__}: {first}") from None
+    return made
