@@ -12,6 +12,7 @@ figure sheets.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -175,12 +176,13 @@ def write_comparison(results, splits, clean, noise_levels, out: Path, code_size,
             f"Gaussian noise of std σ added (clipped to [0, 1]).\n\n{table}\n")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "comparison.md", text)
-    with open(out / "comparison.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["variant", "description", "reconstruction_mse", "probe_accuracy",
-                    *[f"psnr_sigma_{s:g}" for s in noise_levels], "hoyer_sparsity", "zero_fraction",
-                    "train_seconds", "max_principal_angle_deg"])
-        for r in results:
-            w.writerow([r.variant, r.description, r.reconstruction_mse, r.probe_accuracy,
-                        *[r.denoising_psnr[s] for s in noise_levels], r.hoyer_sparsity, r.zero_fraction,
-                        r.train_seconds, r.max_principal_angle])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "description", "reconstruction_mse", "probe_accuracy",
+                *[f"psnr_sigma_{s:g}" for s in noise_levels], "hoyer_sparsity", "zero_fraction",
+                "train_seconds", "max_principal_angle_deg"])
+    for r in results:
+        w.writerow([r.variant, r.description, r.reconstruction_mse, r.probe_accuracy,
+                    *[r.denoising_psnr[s] for s in noise_levels], r.hoyer_sparsity, r.zero_fraction,
+                    r.train_seconds, r.max_principal_angle])
+    write_text_atomic(out / "comparison.csv", buf.getvalue())
