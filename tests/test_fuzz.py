@@ -430,3 +430,12 @@ def test_more_ranks_than_memory_holds_are_refused_before_launching(tmp_path, cap
     monkeypatch.setattr("zspace.training.launch.available_memory", lambda: GiB)   # 3 ranks need 1.5 GiB
     refused(capsys, *TRAIN, "--data", "digits", "--nproc", 3, "--out", tmp_path / "r", match="--nproc 3 needs")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_seed_beyond_64_bits_is_one_line(run, tmp_path, capsys):
+    refused(capsys, "sample", run, "-n", 2, "--seed", 2**70, "--out", tmp_path / "s.npy", match="64 bits")
+
+
+def test_a_code_size_beyond_the_features_is_one_line(tmp_path, capsys):
+    refused(capsys, "compare", "--data", "digits", "--variants", "pca", "--code-size", 100_000,
+            "--out", tmp_path / "c", match="--code-size must lie in [1, 64]")

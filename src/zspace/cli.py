@@ -390,6 +390,10 @@ _FOLDER_VERBS = {"train", "data", "demo", "sae"}
 def _check_outputs(a) -> None:
     from .training.run import check_output_path
 
+    seed = getattr(a, "seed", None)
+    if seed is not None and not -2**63 <= seed < 2**63:   # torch and numpy take 64-bit seeds
+        raise ConfigError(f"--seed must fit in 64 bits, got {seed}")
+
     names = _OUTPUT_FLAGS if a.command in _FOLDER_VERBS or getattr(a, "action", None) == "fit" \
         else _OUTPUT_FLAGS + ("out",)
     for name in names:
@@ -607,6 +611,8 @@ def cmd_compare(a) -> None:
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
     if a.code_size < 1 or a.epochs < 1:
         raise ConfigError("--code-size and --epochs must be >= 1")
+    if not variants:
+        raise ConfigError("--variants names none; give pca and/or autoencoder presets, comma-separated")
     _check_counts(a, "train_limit", "batch_size")
     compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
             noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,

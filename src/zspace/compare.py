@@ -81,6 +81,9 @@ def compare(data: str | DataSplits, variants=("pca", "linear", "basic", "conv", 
         splits = DataSplits(splits.train.head(train_limit), splits.test, splits.name, splits.source)
     out = Path(out) if out is not None else None
     x_train, x_test = _flat_unit(splits.train.x), _flat_unit(splits.test.x)
+    if not 1 <= code_size <= min(x_train.shape):   # PCA's limit; a wider code is no compression
+        raise ConfigError(f"--code-size must lie in [1, {min(x_train.shape)}] for {splits.name} "
+                          f"({x_train.shape[1]} features, {x_train.shape[0]} training examples), got {code_size}")
     clean = torch.from_numpy(x_test).reshape(len(x_test), *splits.example_shape)
     results = []
     mid = noise_levels[len(noise_levels) // 2] if noise_levels else 0.3
