@@ -215,7 +215,7 @@ def test_a_manifest_that_lies_is_refused(tmp_path):
     with pytest.raises(DataError, match="missing"):
         ShardStore(tmp_path / "s")
     (tmp_path / "s" / "manifest.json").write_text("{not json")
-    with pytest.raises(DataError, match="unreadable manifest"):
+    with pytest.raises(DataError, match="manifest.json: not valid JSON"):
         ShardStore(tmp_path / "s")
 
 

@@ -173,7 +173,7 @@ def test_crash_during_checkpoint_leaves_previous_one(digits, tmp_path, monkeypat
         return real(tensors, path, metadata=metadata)
 
     monkeypatch.setattr(ck, "save_file", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint epoch-0001 is intact"):
         resume(out, epochs=2, progress=False, figures=False)
     assert (out / "checkpoints" / "latest").read_text().strip() == "epoch-0001"
     assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()] == ["epoch-0001"]

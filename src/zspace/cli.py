@@ -13,9 +13,11 @@ import sys
 import typing
 from pathlib import Path
 
+from .core.io import save_npy_atomic
 from .errors import ConfigError, ZspaceError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1   # an unexpected exception: a bug in zspace, not the user's input
 PRIOR_FIXED = ("input_shape", "head", "levels")   # set from the VQ-VAE by train_prior
 
 
@@ -186,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="zspace", description="Deep latent-variable generative models: train, "
                 "evaluate, sample, reconstruct, encode.")
     p.add_argument("--version", action="version", version=f"zspace {__import__('zspace').__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error "
+                   "(accepted anywhere on the command line)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tr = sub.add_parser("train", help="train a model (or --resume a run)")
@@ -487,8 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv          # anywhere on the line: the full traceback of an unexpected error
+    argv = [v for v in argv if v != "--debug"]
     args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)   # `train --nproc N` relaunches it
+    args.argv = argv   # `train --nproc N` relaunches it
     from .core.progress import showing
 
     try:
@@ -498,24 +505,28 @@ def main(argv=None) -> int:
             return COMMANDS[args.command](args) or 0
     except ZspaceError as e:
         if not getattr(e, "secondary", False):   # raised alike on every rank: rank 0 says it
-            sys.stderr.write(f"zspace: error: {e}\n")
+            sys.stderr.write(f"zspace: error: {_one_line(e)}\n")
         return EXIT_USER_ERROR
     except OSError as e:  # unwritable output folder, disk full...
-        sys.stderr.write(f"zspace: error: {e.strerror or e}: {e.filename or ''}\n")
+        sys.stderr.write(f"zspace: error: {e.strerror or _one_line(e)}: {e.filename or ''}\n")
         return EXIT_USER_ERROR
     except MemoryError:
         sys.stderr.write("zspace: error: not enough memory for this request; ask for less "
                          "(fewer samples, a smaller grid or model, a smaller --batch-size)\n")
         return EXIT_USER_ERROR
-    except RuntimeError as e:
-        if "can't allocate memory" not in str(e) and not _is_oom(e):
-            raise
-        sys.stderr.write(f"zspace: error: not enough memory for this request ({_first_line(e)}); ask for "
-                         f"less (fewer samples, a smaller grid or model, a smaller --batch-size)\n")
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write("zspace: interrupted; the last completed epoch's checkpoint is kept\n")
         return 130
+    except Exception as e:
+        if isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or _is_oom(e)):
+            sys.stderr.write(f"zspace: error: not enough memory for this request ({_one_line(e)}); ask for "
+                             f"less (fewer samples, a smaller grid or model, a smaller --batch-size)\n")
+            return EXIT_USER_ERROR
+        if debug:
+            raise
+        sys.stderr.write(f"zspace: internal error: {type(e).__name__}: {_one_line(e)} (a bug in zspace; please "
+                         f"report it with the traceback that --debug prints)\n")
+        return EXIT_INTERNAL_ERROR
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -524,19 +535,23 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text or type(e).__name__)[:500]
 
 
 # Outputs of verbs that read a run or detector: none may land on that run's (or any run's) own
 # files. Folders that a verb creates itself (train --out, data pack, detect fit) check themselves.
 _OUTPUT_FLAGS = ("json", "labels_out")
-_FOLDER_VERBS = {"train", "data", "demo", "sae", "compare"}
+_FOLDER_VERBS = {"train", "data", "demo", "sae"}
 
 
 def _check_outputs(a) -> None:
     from .training.run import check_output_path
+
+    seed = getattr(a, "seed", None)
+    if seed is not None and not -2**63 <= seed < 2**63:   # torch and numpy take 64-bit seeds
+        raise ConfigError(f"--seed must fit in 64 bits, got {seed}")
 
     names = _OUTPUT_FLAGS if a.command in _FOLDER_VERBS or getattr(a, "action", None) == "fit" \
         else _OUTPUT_FLAGS + ("out",)
@@ -718,7 +733,7 @@ def cmd_sample(a) -> None:
     _check_memory(a.n * 4 * int(np.prod(run.model.config.input_shape)), f"{a.n} samples")
     x = sample_run(run, a.n, label=a.label, seed=a.seed).x
     if a.out.suffix == ".npy":
-        np.save(a.out, x.numpy())
+        save_npy_atomic(a.out, x.numpy())
     else:
         images = as_images(x, tuple(x.shape[1:]))
         if images is None:
@@ -742,8 +757,6 @@ def cmd_reconstruct(a) -> None:
 
 
 def cmd_encode(a) -> None:
-    import numpy as np
-
     from .data import load_dataset
     from .tasks import encode_run
 
@@ -752,12 +765,12 @@ def cmd_encode(a) -> None:
     if a.labels_out is not None:
         _check_suffix(a.labels_out, (".npy",))
     codes = encode_run(_open_run(a), a.split, data=load_dataset(a.data) if a.data else None)
-    np.save(a.out, codes.z)
+    save_npy_atomic(a.out, codes.z)
     print(f"codes {codes.z.shape}: {a.out}")
     if a.labels_out is not None:
         if codes.y is None:
             raise ConfigError("the data have no labels")
-        np.save(a.labels_out, codes.y)
+        save_npy_atomic(a.labels_out, codes.y)
         print(f"labels: {a.labels_out}")
 
 
@@ -780,8 +793,6 @@ def _parse_floats(text: str, flag: str) -> tuple[float, ...]:
 
 
 def cmd_denoise(a) -> None:
-    import numpy as np
-
     from .data import load_dataset
     from .report.figures import as_images, save_labelled_rows
     from .tasks import denoise_run
@@ -800,7 +811,7 @@ def cmd_denoise(a) -> None:
     for name, db in res.psnr.items():
         print(f"  {name:16s} PSNR {db:6.2f} dB" + (f"   SSIM {res.ssim[name]:.4f}" if name in res.ssim else ""))
     if a.out.suffix == ".npy":
-        np.save(a.out, out.numpy())
+        save_npy_atomic(a.out, out.numpy())
     else:
         shape = run.model.config.input_shape
         if not images:
@@ -817,6 +828,8 @@ def cmd_compare(a) -> None:
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
     if a.code_size < 1 or a.epochs < 1:
         raise ConfigError("--code-size and --epochs must be >= 1")
+    if not variants:
+        raise ConfigError("--variants names none; give pca and/or autoencoder presets, comma-separated")
     _check_counts(a, "train_limit", "batch_size")
     compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
             noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,
@@ -887,14 +900,9 @@ def cmd_explore(a) -> None:
             raise ConfigError("give the attribute either as a class (--positive) or as a --mask file")
         mask = None
         if a.mask is not None:
-            from .core.io import regular_file_size
+            from .core.io import load_npy
 
-            if regular_file_size(a.mask, ConfigError) == 0:
-                raise ConfigError(f"{a.mask}: empty file, not a boolean .npy array")
-            try:
-                mask = np.load(a.mask, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise ConfigError(f"{a.mask}: cannot read a boolean .npy array ({e})") from None
+            mask = np.asarray(load_npy(a.mask, ConfigError))
         path = lf.save_attribute(run, a.out, positive=a.positive, negative=a.negative, mask=mask,
                                  strengths=_parse_floats(a.strengths, "--strengths"), n=a.n, split=a.split,
                                  limit=a.limit)

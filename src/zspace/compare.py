@@ -12,6 +12,7 @@ figure sheets.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ def compare(data: str | DataSplits, variants=("pca", "linear", "basic", "conv", 
         splits = DataSplits(splits.train.head(train_limit), splits.test, splits.name, splits.source)
     out = Path(out) if out is not None else None
     x_train, x_test = _flat_unit(splits.train.x), _flat_unit(splits.test.x)
+    if not 1 <= code_size <= min(x_train.shape):   # PCA's limit; a wider code is no compression
+        raise ConfigError(f"--code-size must lie in [1, {min(x_train.shape)}] for {splits.name} "
+                          f"({x_train.shape[1]} features, {x_train.shape[0]} training examples), got {code_size}")
     clean = torch.from_numpy(x_test).reshape(len(x_test), *splits.example_shape)
     results = []
     mid = noise_levels[len(noise_levels) // 2] if noise_levels else 0.3
@@ -188,12 +192,13 @@ def write_comparison(results, splits, clean, noise_levels, out: Path, code_size,
             f"Gaussian noise of std σ added (clipped to [0, 1]).\n\n{table}\n")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "comparison.md", text)
-    with open(out / "comparison.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["variant", "description", "reconstruction_mse", "probe_accuracy",
-                    *[f"psnr_sigma_{s:g}" for s in noise_levels], "hoyer_sparsity", "zero_fraction",
-                    "train_seconds", "max_principal_angle_deg"])
-        for r in results:
-            w.writerow([r.variant, r.description, r.reconstruction_mse, r.probe_accuracy,
-                        *[r.denoising_psnr[s] for s in noise_levels], r.hoyer_sparsity, r.zero_fraction,
-                        r.train_seconds, r.max_principal_angle])
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["variant", "description", "reconstruction_mse", "probe_accuracy",
+                *[f"psnr_sigma_{s:g}" for s in noise_levels], "hoyer_sparsity", "zero_fraction",
+                "train_seconds", "max_principal_angle_deg"])
+    for r in results:
+        w.writerow([r.variant, r.description, r.reconstruction_mse, r.probe_accuracy,
+                    *[r.denoising_psnr[s] for s in noise_levels], r.hoyer_sparsity, r.zero_fraction,
+                    r.train_seconds, r.max_principal_angle])
+    write_text_atomic(out / "comparison.csv", buf.getvalue())

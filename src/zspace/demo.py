@@ -15,8 +15,9 @@ def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int =
     start = time.perf_counter()
     print(f"zspace demo: training a VAE on {data} for {epochs} epochs into {out}", flush=True)
     config = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, lr_schedule="cosine", eval_limit=2000)
-    run = train("vae", data, out=out, config=config, overwrite=True, latent_dim=32,
-                hidden=(512, 256), activation="elu")
+    # an earlier demo's run is replaced; a folder of other files is refused, not cleared
+    run = train("vae", data, out=out, config=config, overwrite=(out / "checkpoints" / "latest").is_file(),
+                latent_dim=32, hidden=(512, 256), activation="elu")
     print(f"evaluating on the full test set with {nll_samples} importance samples per image", flush=True)
     spec = run.data_spec
     result = evaluate_run(run, "test", nll_samples=nll_samples, batch_size=100, seed=0)

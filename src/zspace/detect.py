@@ -116,7 +116,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
                              seed=self.seed_, threads=small_fit_threads(X.size, self.threads))
         with seeded(self.seed_):
-            model = build_model(self.model, self._model_options(X.shape[1], latent_dim))
+            model = build_model(self.model, self._model_options(X.shape[1], latent_dim), copies=4)
             Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config,
                     progress=is_enabled()).fit()   # the CLI's bar; silent in a library call
         self.model_ = model.eval()
@@ -346,11 +346,18 @@ def _check_saved_detector(det, meta: dict, path: Path) -> None:
     n = meta.get("n_features")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise CheckpointError(f"{where}: n_features must be an integer >= 1, got {n!r}")
-    t = meta.get("threshold")
-    if isinstance(t, bool) or not isinstance(t, (int, float)):
-        raise CheckpointError(f"{where}: threshold must be a number, got {t!r}")
-    if det.scaling not in SCALINGS:
-        raise CheckpointError(f"{where}: scaling {det.scaling!r} is not one of {', '.join(SCALINGS)}")
+    for key in ("threshold", "typical_nll"):
+        t = meta.get(key)
+        if (t is not None or key == "threshold") and (
+                isinstance(t, bool) or not isinstance(t, (int, float)) or not np.isfinite(t)):
+            raise CheckpointError(f"{where}: {key} must be a finite number, got {t!r}")
+    try:   # the estimator's own parameter checks: a bogus score or scaling would score wrongly
+        det._check_params(n)
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: {e}") from None
+    if det.model != det.model_.name:
+        raise CheckpointError(f"{where}: params say model {det.model!r} but the saved model is "
+                              f"{det.model_.name!r}")
     shape = tuple(det.model_.config.input_shape)
     if shape != (n,):
         raise CheckpointError(f"{where}: the model reads {shape} features but n_features is {n}")
@@ -362,6 +369,9 @@ def _check_fitted_arrays(kind: str, arrays: dict, n: int, where: Path) -> None:
     scores = arrays.get("decision_scores")
     if scores is None or scores.dim() != 1 or len(scores) == 0:
         raise CheckpointError(f"{where}: decision_scores missing or not a non-empty vector")
+    for key, a in arrays.items():
+        if a.is_floating_point() and not bool(torch.isfinite(a).all()):
+            raise CheckpointError(f"{where}: {key} holds NaN or infinite values; the detector is damaged")
     for key in _SCALER_ARRAYS[kind]:
         a = arrays.get(f"scaler_{key}")
         if a is None or a.dim() not in (1, 2) or a.shape[-1] != n:

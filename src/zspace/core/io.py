@@ -11,10 +11,11 @@ import os
 import shutil
 import stat
 import tempfile
+import tokenize
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
-from ..errors import CheckpointError, DataError, ZspaceError
+from ..errors import CheckpointError, ConfigError, DataError, ZspaceError
 
 MAX_JSON_BYTES = 64 << 20   # run configs, states and manifests are kilobytes; a bigger one is damage
 
@@ -33,6 +34,40 @@ def regular_file_size(path: Path, error: type[ZspaceError] = DataError) -> int:
     if not stat.S_ISREG(st.st_mode):
         raise error(f"{path}: not a regular file (a device, pipe or socket); give a file")
     return st.st_size
+
+
+# What numpy raises on a damaged .npy header or body besides OSError/ValueError: the header is a
+# Python literal (SyntaxError, tokenize's TokenError), a short body (EOFError), a huge shape.
+NPY_ERRORS = (OSError, ValueError, EOFError, SyntaxError, TypeError, MemoryError, OverflowError,
+               KeyError, tokenize.TokenError)
+
+
+def load_npy(path: Path, error: type[ZspaceError] = DataError, mmap: bool = True):
+    """A ``.npy`` array (memory-mapped unless ``mmap`` is false), never unpickled; refuses what is
+    not a regular non-empty file and any damage as ``error`` naming the file."""
+    import numpy as np
+
+    if regular_file_size(path, error) == 0:
+        raise error(f"{path}: empty file, not a .npy")
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except NPY_ERRORS as e:
+        raise error(f"{path}: cannot read .npy ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def read_bytes(path: Path, what: str, error: type[ZspaceError] = DataError, copies: int = 4) -> bytes:
+    """The whole of a regular file, refused (as ``error``) when it is a device, FIFO or folder, or
+    when ``copies`` of it (the bytes and what is parsed from them) would not fit in free memory."""
+    size = regular_file_size(path, error)
+    free = available_memory()
+    if free is not None and size * copies > free:
+        raise error(f"{path}: this {size / 2**30:.1f} GiB {what} would not fit in the "
+                    f"{free / 2**30:.1f} GiB of memory free")
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise error(f"{path}: cannot read the {what} ({e.strerror or e})") from None
 
 
 def available_memory() -> int | None:
@@ -66,14 +101,19 @@ def _umask() -> int:
     return mask
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Calls ``write(f)`` on a temporary file beside ``path``, fsyncs it and renames it to ``path``.
+    Refuses to replace a folder, device, FIFO or socket there (a rename would swap /dev/full
+    for a regular file)."""
     path = Path(path)
+    if os.path.lexists(path) and not os.path.islink(path) and not os.path.isfile(path):
+        raise ConfigError(f"{path} exists and is not a regular file; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 would hide reports from other users
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -81,6 +121,18 @@ def write_text_atomic(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
     fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_npy_atomic(path: Path, array) -> Path:
+    """``np.save`` through write_atomic (no pickle)."""
+    import numpy as np
+
+    return write_atomic(path, lambda f: np.save(f, np.asarray(array), allow_pickle=False))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

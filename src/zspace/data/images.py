@@ -17,13 +17,18 @@ from __future__ import annotations
 import functools
 import io
 import os
+import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..core.io import regular_file_size
 from ..errors import DataError
 from .dataset import Dataset
+
+MAX_IMAGE_BYTES = 1 << 30   # one encoded image file; a bigger one is damage (or a zip bomb)
 
 
 def image_extensions() -> set[str]:
@@ -83,12 +88,19 @@ _ZIPS: dict[tuple[str, int], zipfile.ZipFile] = {}
 
 
 def open_zip(root: Path) -> zipfile.ZipFile:
-    """One open handle per archive and process (handles do not survive a fork)."""
-    key = (str(root), os.getpid())
+    """One open handle per archive, version and process (handles do not survive a fork; an
+    archive replaced under the same name is opened again)."""
+    try:
+        st = os.stat(root)
+    except OSError as e:
+        raise DataError(f"{root}: cannot be read ({e.strerror or e})") from None
+    key = (str(root), os.getpid(), st.st_mtime_ns, st.st_size, st.st_ino)
     if key not in _ZIPS:
+        for old in [k for k in _ZIPS if k[:2] == key[:2]]:
+            _ZIPS.pop(old).close()
         try:
             _ZIPS[key] = zipfile.ZipFile(root)
-        except (zipfile.BadZipFile, OSError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise DataError(f"{root}: not a readable zip archive ({e})") from None
     return _ZIPS[key]
 
@@ -196,12 +208,24 @@ class ImageFolder(Dataset):
 
     def _bytes(self, i: int) -> bytes:
         if is_zip(self.root):
+            archive = open_zip(self.root)
             try:
-                return open_zip(self.root).read(self.files[i])
-            except (zipfile.BadZipFile, OSError, KeyError, EOFError) as e:
+                size = archive.getinfo(self.files[i]).file_size   # what reading it would allocate
+                if size > MAX_IMAGE_BYTES:
+                    raise DataError(f"{self.where(i)}: {size} bytes uncompressed is too large for one "
+                                    f"image (damaged archive?)")
+                return archive.read(self.files[i])
+            except (zipfile.BadZipFile, OSError, KeyError, EOFError, zlib.error, RuntimeError,
+                    NotImplementedError) as e:
+                # zlib.error: a damaged deflate stream; RuntimeError: an encrypted member;
+                # NotImplementedError: an unknown compression method
                 raise DataError(f"{self.where(i)}: cannot be read from the archive ({e})") from None
+        path = self.root / self.files[i]
+        size = regular_file_size(path)   # a FIFO or a link to /dev/zero is refused before it is read
+        if size > MAX_IMAGE_BYTES:
+            raise DataError(f"{self.where(i)}: {size} bytes is too large for one image")
         try:
-            return (self.root / self.files[i]).read_bytes()
+            return path.read_bytes()
         except OSError as e:
             raise DataError(f"{self.where(i)}: cannot be read ({e.strerror or e})") from None
 
@@ -211,7 +235,9 @@ class ImageFolder(Dataset):
         from PIL import Image, UnidentifiedImageError
 
         try:
-            img = Image.open(io.BytesIO(self._bytes(i)))
+            with warnings.catch_warnings():   # Pillow warns between 89M and 179M pixels, refuses above
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(self._bytes(i)))
             w0 = img.size[0]
             if scaled and img.format == "JPEG":
                 w, h = img.size
@@ -219,7 +245,8 @@ class ImageFolder(Dataset):
                 k = self.size[0] / side             # output pixels per source pixel
                 img.draft(img.mode, (max(1, int(np.ceil(w * k))), max(1, int(np.ceil(h * k)))))
             img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
             raise DataError(f"{self.where(i)}: not a readable image ({e})") from None
         return img, img.size[0] / w0
 
@@ -236,7 +263,9 @@ class ImageFolder(Dataset):
                             f"(--channels 3) or 1 to convert every image")
         mode = "L" if self.channels == 1 else "RGB"
         if img.mode != mode:                 # convert copies the image even when nothing changes
-            img = img.convert(mode)
+            with warnings.catch_warnings():  # "palette images with transparency...": converted right
+                warnings.simplefilter("ignore", UserWarning)
+                img = img.convert(mode)
         w, h = img.size
         if self.crop is not None:
             c = int(round(self.crop * scale))

@@ -16,13 +16,12 @@ the shards (no copy) and reads the rows a batch needs; ``verify()`` checks the c
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ..core.io import fsync_dir, write_json_atomic
+from ..core.io import fsync_dir, load_npy, read_json, write_json_atomic
 from ..errors import DataError
 from .dataset import Dataset, checked_values, release_mapping
 
@@ -63,12 +62,9 @@ def _shard_file(i: int, column: str | None = None) -> str:
 def read_manifest(path: Path) -> dict:
     """The manifest, checked for the fields a store needs (one clear DataError otherwise)."""
     mpath = Path(path) / MANIFEST
-    try:
-        m = json.loads(mpath.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not a shard store (no {MANIFEST})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise DataError(f"{mpath}: unreadable manifest ({type(e).__name__}: {e})") from None
+    if not mpath.exists():
+        raise DataError(f"{path}: not a shard store (no {MANIFEST})")
+    m = read_json(mpath, DataError)   # refuses devices, FIFOs, huge, non-UTF-8 or too deeply nested files
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise DataError(f"{mpath}: not a zspace shard manifest (format must be {FORMAT!r})")
     if m.get("version") != VERSION:
@@ -86,7 +82,7 @@ def read_manifest(path: Path) -> dict:
         raise DataError(f"{mpath}: columns must map names to {{dtype, shape}}")
     shards = m.get("shards")
     if not isinstance(shards, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("rows"), int) and s["rows"] > 0
+            isinstance(s, dict) and isinstance(s.get("rows"), int) and not isinstance(s["rows"], bool) and s["rows"] > 0
             and isinstance(s.get("sha256"), dict) for s in shards):
         raise DataError(f"{mpath}: shards must be a list of {{rows > 0, sha256}} entries")
     if not isinstance(m.get("metadata", {}), dict):
@@ -153,12 +149,9 @@ class ShardStore(Dataset):
             else:
                 spec = self.columns[column]
                 want_shape, want_dtype = (rows, *spec.get("shape", [])), spec["dtype"]
-            try:
-                arr = np.load(fpath, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError:
-                raise DataError(f"{self.path}: manifest lists {fname}, which is missing") from None
-            except (OSError, ValueError, EOFError) as e:
-                raise DataError(f"{fpath}: unreadable shard ({e})") from None
+            if not fpath.exists():
+                raise DataError(f"{self.path}: manifest lists {fname}, which is missing")
+            arr = load_npy(fpath)    # refuses a FIFO (the open would block), a device, any damage
             if tuple(arr.shape) != tuple(want_shape) or arr.dtype.name != want_dtype.replace("bfloat16", "uint16"):
                 raise DataError(f"{fpath}: holds {arr.dtype.name} {tuple(arr.shape)} but the manifest says "
                                 f"{want_dtype} {tuple(want_shape)}")

@@ -8,6 +8,7 @@ local copy exists and the network answers.
 """
 from __future__ import annotations
 
+import array
 import csv
 import dataclasses
 import hashlib
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.io import regular_file_size
+from ..core.io import NPY_ERRORS, available_memory, regular_file_size
+from ..core.io import load_npy as read_npy   # load_npy below is the data-set reader
 from ..errors import DataError
 from .dataset import ArrayData, Dataset, DataSplits
 from .idx import read_idx
@@ -186,9 +188,16 @@ def load_npz(path: str | Path, name: str | None = None, test_fraction: float = 0
         raise DataError(f"{path}: empty file, not an .npz")
     try:
         with np.load(path, allow_pickle=False) as z:
+            # every array is read into memory: their declared sizes (bounding what is read) must fit
+            _check_fits(path, sum(i.file_size for i in z.zip.infolist()), ".npz")
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
-        # truncated or bit-flipped archives: bad zip structure, bad CRC, bad deflate stream
+    except DataError:
+        raise
+    except MemoryError:
+        raise DataError(f"{path}: an array's header declares more than the memory free (damaged?)") from None
+    except (zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError, *NPY_ERRORS) as e:
+        # truncated or bit-flipped archives: bad zip structure, bad CRC, bad deflate stream;
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
         raise DataError(f"{path}: cannot read .npz, damaged or not an .npz ({e})") from None
     if "x_train" in arrays and "x_test" in arrays:
         train = ArrayData.from_arrays(arrays["x_train"], arrays.get("y_train"), f"{name}/train")
@@ -201,11 +210,32 @@ def load_npz(path: str | Path, name: str | None = None, test_fraction: float = 0
 
 
 def load_csv(path: Path, label_column: str | int | None = None) -> ArrayData:
-    """A numeric CSV; a header row is detected; ``label_column`` (name or index) becomes y."""
-    regular_file_size(path)
+    """A numeric CSV; a header row is detected; ``label_column`` (name or index) becomes y.
+
+    Rows are parsed one at a time into one float64 buffer (8 bytes a value, at most four
+    times the file's size), and a file whose buffer would not fit in free memory is refused."""
+    size = regular_file_size(path)
+    _check_fits(path, 4 * size, "CSV")
+    values, header, width, rows = array.array("d"), None, None, 0
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f) if r]
+            for r in csv.reader(f):
+                if not r:
+                    continue
+                try:
+                    floats = [float(v) for v in r]
+                except ValueError as e:
+                    if rows == 0 and header is None:
+                        header = r
+                        continue
+                    raise DataError(f"{path}: non-numeric value on row {rows + 1} ({e})") from None
+                if width is None:
+                    width = len(r)
+                elif len(r) != width:
+                    raise DataError(f"{path}: rows have different numbers of columns "
+                                    f"({width} and {len(r)} on row {rows + 1})")
+                values.extend(floats)
+                rows += 1
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text CSV (byte {e.start}: {e.reason}); "
                         f"save it as UTF-8") from None
@@ -213,22 +243,9 @@ def load_csv(path: Path, label_column: str | int | None = None) -> ArrayData:
         raise DataError(f"{path}: not a readable CSV ({e})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read CSV ({e})") from None
-    if not rows:
-        raise DataError(f"{path}: empty CSV")
-    header = None
-    try:
-        [float(v) for v in rows[0]]
-    except ValueError:
-        header, rows = rows[0], rows[1:]
-    if not rows:
-        raise DataError(f"{path}: CSV has a header but no data rows")
-    widths = {len(r) for r in rows}
-    if len(widths) != 1:
-        raise DataError(f"{path}: rows have different numbers of columns {sorted(widths)}")
-    try:
-        table = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
-    except ValueError as e:
-        raise DataError(f"{path}: non-numeric value ({e})") from None
+    if rows == 0:
+        raise DataError(f"{path}: CSV has a header but no data rows" if header else f"{path}: empty CSV")
+    table = np.frombuffer(values, dtype=np.float64).reshape(rows, width)
     y = None
     if label_column is not None:
         if isinstance(label_column, str) and not label_column.lstrip("-").isdigit():
@@ -239,9 +256,17 @@ def load_csv(path: Path, label_column: str | int | None = None) -> ArrayData:
             col = int(label_column)
             if not -table.shape[1] <= col < table.shape[1]:
                 raise DataError(f"{path}: label column {col} out of range")
-        y = table[:, col]
+        y = table[:, col].copy()
         table = np.delete(table, col, axis=1)
     return ArrayData.from_arrays(table.astype(np.float32), y, name=path.stem)
+
+
+def _check_fits(path: Path, nbytes: int, what: str) -> None:
+    """Refuses a file whose reading needs ``nbytes`` of memory when less than that is free."""
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise DataError(f"{path}: reading this {what} needs about {nbytes / 2**30:.1f} GiB, more than the "
+                        f"{free / 2**30:.1f} GiB of memory free; convert it to .npy (memory-mapped)")
 
 
 def load_images(path: Path, *, image_size: int | None = None, channels: int | None = None,
@@ -260,13 +285,7 @@ def load_images(path: Path, *, image_size: int | None = None, channels: int | No
 
 def load_npy(path: Path) -> ArrayData:
     """A ``.npy`` of any numeric dtype, memory-mapped: rows are read (and checked) per batch."""
-    if regular_file_size(path) == 0:
-        raise DataError(f"{path}: empty file, not a .npy")
-    try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"{path}: cannot read .npy ({e})") from None
-    return ArrayData.from_arrays(x, name=path.stem)
+    return ArrayData.from_arrays(read_npy(path), name=path.stem)
 
 
 def load_file(path: str | Path, *, test_fraction: float = 0.1, seed: int = 0,

@@ -131,9 +131,32 @@ def register(cls: type[Model]) -> type[Model]:
     return cls
 
 
-def build_model(name: str, config: dict[str, Any] | Any) -> Model:
+def build_model(name: str, config: dict[str, Any] | Any, copies: int = 2) -> Model:
+    """The registered model ``name`` with ``config``; refused before allocating when ``copies``
+    of its weights (2 to load them; 4 to train: weights, gradients, two Adam moments) would not
+    fit in the memory free."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
     cls = MODELS[name]
     cfg = config if isinstance(config, cls.config_class) else cls.config_class.from_dict(dict(config))
+    _check_fits(cls, cfg, copies)
     return cls(cfg)
+
+
+def _check_fits(cls: type[Model], cfg, copies: int) -> None:
+    from ..core.io import available_memory
+
+    free = available_memory()
+    if free is None:
+        return
+    try:
+        with torch.device("meta"):   # shapes only: nothing is allocated
+            shell = cls(cfg)
+    except Exception:   # a model that cannot be built on the meta device is built for real
+        return
+    tensors = (*shell.parameters(), *shell.buffers())
+    nbytes = sum(t.numel() * t.element_size() for t in tensors)
+    if nbytes * copies > free:
+        raise ConfigError(f"this {cls.name} has {sum(t.numel() for t in tensors) / 1e6:,.0f}M parameters: about "
+                          f"{nbytes * copies / 2**30:.1f} GiB to {'train' if copies > 2 else 'load'}, more than "
+                          f"the {free / 2**30:.1f} GiB of memory free; choose a smaller model")

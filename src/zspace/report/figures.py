@@ -14,9 +14,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from ..core.io import write_atomic  # noqa: E402
 from ..errors import ConfigError  # noqa: E402
 from ..evaluation.glossary import unit_of  # noqa: E402
 from ..rng import seeded  # noqa: E402
+
+
+def save_figure(fig, path: Path, **savefig) -> Path:
+    """Writes a matplotlib figure atomically (format from the suffix) and closes it."""
+    path = Path(path)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", **savefig))
+    finally:
+        plt.close(fig)
+    return path
 
 
 def image_grid(images, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -43,7 +54,6 @@ def save_image_grid(images, path: str | Path, title: str = "", ncols: int | None
 
     grid = image_grid(images, ncols)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     h, w = grid.shape[:2]
     width = max(5.0, w / 45)                      # inches; about 45 grid pixels per inch
     lines = [ln for part in title.splitlines() for ln in textwrap.wrap(part, int(width * 13)) or [""]]
@@ -55,8 +65,7 @@ def save_image_grid(images, path: str | Path, title: str = "", ncols: int | None
     ax.axis("off")
     if lines:
         fig.text(0.5, 1 - 0.05 / height, "\n".join(lines), ha="center", va="top", fontsize=8)
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -84,10 +93,7 @@ def _save_titled(fig, path: Path, title: str, fontsize: int) -> Path:
     lines = [ln for part in title.splitlines() for ln in textwrap.wrap(part, width) or [""]]
     fig.suptitle("\n".join(lines), fontsize=fontsize)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, Path(path), dpi=100)
     return path
 
 

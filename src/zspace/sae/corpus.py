@@ -5,6 +5,7 @@ import hashlib
 import re
 from pathlib import Path
 
+from ..core.io import read_bytes
 from ..errors import DataError
 
 END_OF_TEXT = "<|endoftext|>"
@@ -34,12 +35,12 @@ def split_documents(text: str, split: str = "auto") -> list[str]:
 def read_corpus(path: str | Path, split: str = "auto", *, max_documents: int | None = None) -> list[str]:
     """The documents of a UTF-8 text file (see :func:`split_documents`); DataError when none."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: corpus file not found")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: corpus file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable corpus ({type(e).__name__}: {e})") from None
+        text = read_bytes(path, "corpus", copies=6).decode("utf-8")   # bytes, text, documents
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text corpus (byte {e.start}: {e.reason})") from None
     docs = split_documents(text, split)
     if not docs:
         raise DataError(f"{path}: the corpus holds no text")

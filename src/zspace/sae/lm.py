@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.io import read_bytes
 from ..data.sources import cache_dir
 from ..errors import ConfigError, DataError
 
@@ -41,10 +42,7 @@ def read_llama2c(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     ``wcls`` (vocab, dim) (the embedding itself when shared).
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the llama2.c checkpoint ({e.strerror or e})") from None
+    raw = read_bytes(path, "llama2.c checkpoint", copies=3)
     if len(raw) < 28:
         raise DataError(f"{path}: too short for a llama2.c checkpoint (a 7-int32 header is 28 bytes)")
     cfg = dict(zip(_HEADER, struct.unpack("<7i", raw[:28])))
@@ -172,10 +170,7 @@ class Llama2cTokenizer:
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise DataError(f"{path}: cannot read the tokenizer ({e.strerror or e})") from None
+        raw = read_bytes(path, "tokenizer", copies=3)
         pieces, scores, at = [], [], 4
         try:
             self.max_token_length = struct.unpack_from("<i", raw, 0)[0]

@@ -11,7 +11,9 @@ previous checkpoint intact and ``latest`` pointing at a complete one.
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..core.io import _umask
+from ..core.io import _umask, regular_file_size
 from ..core.io import fsync_dir as _fsync_dir
 from ..core.io import read_json, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
 from ..errors import CheckpointError
@@ -60,31 +62,57 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
     belongs to first: a mis-shaped moment would otherwise fail only in the first step."""
     _check_optimizer_meta(meta)
     params = [p for g in opt.param_groups for p in g["params"]]   # state_dict's numbering
+
+    def parameter(name: str, prefix: str) -> tuple[int, str]:
+        pid, _, key = name[len(prefix):].partition(".")
+        if not pid.isdigit() or not key:
+            raise CheckpointError(f"optimiser state entry {name!r} is not {prefix}PARAMETER.KEY")
+        if int(pid) >= len(params):
+            raise CheckpointError(f"optimiser state names parameter {pid}; the model has {len(params)}")
+        return int(pid), key
+
     state: dict[int, dict[str, Any]] = {}
     for name, val in tensors.items():
         if name.startswith("optim."):
-            _, pid, key = name.split(".", 2)
-            if not pid.isdigit() or int(pid) >= len(params):
-                raise CheckpointError(f"optimiser state names parameter {pid}; the model has {len(params)}")
-            p = params[int(pid)]
+            pid, key = parameter(name, "optim.")
+            p = params[pid]
             if val.dim() > 0 and (val.shape != p.shape or val.dtype != p.dtype):
                 raise CheckpointError(f"optimiser tensor {name} is {val.dtype} {tuple(val.shape)}; its parameter "
                                       f"is {p.dtype} {tuple(p.shape)}")
-            state.setdefault(int(pid), {})[key] = val
+            if val.is_floating_point() and not bool(torch.isfinite(val).all()):
+                raise CheckpointError(f"optimiser tensor {name} holds NaN or infinite values; the checkpoint "
+                                      f"is damaged")
+            state.setdefault(pid, {})[key] = val
     for name, val in meta.get("scalars", {}).items():
-        pid, key = name.split(".", 1)
-        if not pid.isdigit() or int(pid) >= len(params):
-            raise CheckpointError(f"optimiser state names parameter {pid}; the model has {len(params)}")
-        state.setdefault(int(pid), {})[key] = val
+        pid, key = parameter(name, "")
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+            raise CheckpointError(f"optimiser scalar {name} must be a finite number, got {val!r}")
+        state.setdefault(pid, {})[key] = val
     groups = meta["param_groups"]
+    fresh = opt.param_groups[0]
     for g in groups:  # JSON turned tuples (Adam's betas) into lists
         for k, v in g.items():
             if isinstance(v, list) and k != "params":
                 g[k] = tuple(v)
+        for k, want in fresh.items():   # each hyperparameter of the type this optimiser uses
+            if k != "params" and want is not None and k in g and not _same_kind(g[k], want):
+                raise CheckpointError(f"optimiser setting {k} is {g[k]!r}; this optimiser needs "
+                                      f"{type(want).__name__} like {want!r}")
     try:
         opt.load_state_dict({"state": state, "param_groups": groups})
     except (ValueError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"optimiser state does not fit this model: {e}") from None
+
+
+def _same_kind(value, like) -> bool:
+    """Whether a stored optimiser setting has the type of the optimiser's own (int for float is fine)."""
+    if isinstance(like, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(like, bool)
+    if isinstance(like, (int, float)):
+        return isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(like, tuple):
+        return isinstance(value, tuple) and len(value) == len(like) and all(map(_same_kind, value, like))
+    return isinstance(value, type(like))
 
 
 def _is_count(v) -> bool:
@@ -113,6 +141,9 @@ def check_state(state, path: Path) -> dict:
                   f"(epoch {last['epoch']}, step {last['step']})")
     if not isinstance(state.get("optimizer", {}), dict):
         raise bad("optimizer must be an object")
+    version = state.get("format_version", FORMAT_VERSION)
+    if not _is_count(version) or version > FORMAT_VERSION:
+        raise bad(f"format_version {version!r}: written by a newer zspace (this one reads {FORMAT_VERSION})")
     return state
 
 
@@ -141,6 +172,25 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module,
     """Writes RUN/checkpoints/NAME atomically; ``rng`` (default: this process's RNG state)
     holds every rank's RNG state under data-parallel training."""
     ckdir = Path(run_dir) / "checkpoints"
+    previous = _pointer_name(ckdir / "latest")
+    try:
+        final = _write_checkpoint(ckdir, name, model, optimizer, state, rng)
+        write_text_atomic(ckdir / "latest", name + "\n")
+    except (OSError, SafetensorError) as e:   # disk full, permissions, a read-only file system
+        kept = (f"the previous checkpoint {previous} is intact" if previous
+                else "no earlier checkpoint exists")
+        found = re.search(r'message: "([^"]+)"', str(e))   # safetensors wraps the OS error in its own text
+        reason = getattr(e, "strerror", None) or (found.group(1) if found else " ".join(str(e).split()))
+        raise CheckpointError(f"cannot write checkpoint {name} in {ckdir} ({reason}); {kept}; "
+                              f"free space or fix permissions, then resume with --resume") from None
+    old = sorted(p for p in ckdir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(ckdir: Path, name: str, model, optimizer, state: dict, rng) -> Path:
+    """Fills CHECKPOINTS/.NAME.tmp and renames it to CHECKPOINTS/NAME (see save_checkpoint)."""
     ckdir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=ckdir, prefix=f".{name}."))
     try:
@@ -166,11 +216,15 @@ def save_checkpoint(run_dir: Path, name: str, model: torch.nn.Module,
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    write_text_atomic(ckdir / "latest", name + "\n")
-    old = sorted(p for p in ckdir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != name)
-    for p in old[: max(0, len(old) - (keep - 1))]:
-        shutil.rmtree(p, ignore_errors=True)
     return final
+
+
+def _pointer_name(pointer: Path) -> str | None:
+    """The checkpoint ``latest`` names, None where it is missing or unreadable."""
+    try:
+        return pointer.read_text(encoding="utf-8").strip() or None if pointer.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -193,11 +247,14 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: missing")
+    regular_file_size(path, CheckpointError)   # a FIFO would block the open, a device read without end
     try:
         return load_file(str(path))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, MemoryError, OverflowError) as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
 
 
@@ -210,8 +267,9 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: weights do not match the model "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     for k, v in tensors.items():
-        if v.shape != own[k].shape:
-            raise CheckpointError(f"{path}: {k} has shape {tuple(v.shape)}, model needs {tuple(own[k].shape)}")
+        if v.shape != own[k].shape or v.dtype != own[k].dtype:
+            raise CheckpointError(f"{path}: {k} is {v.dtype} of shape {tuple(v.shape)}, the model needs "
+                                  f"{own[k].dtype} of shape {tuple(own[k].shape)}")
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CheckpointError(f"{path}: {k} holds NaN or infinite values; the weights are damaged")
     model.load_state_dict(tensors)

@@ -13,9 +13,11 @@ import os
 import signal
 import sys
 
+from ..core.io import available_memory
 from ..errors import ConfigError
 
 _FLAG = "--nproc"
+RANK_MEMORY = 512 << 20   # bytes a CPU rank takes before its data: the Python process with torch loaded
 
 
 def without_nproc(argv: list[str]) -> list[str]:
@@ -47,6 +49,10 @@ def launch_local(nproc: int, argv: list[str], device: str = "cpu", threads: int 
         raise ConfigError("--nproc starts its own processes; under torchrun leave it out")
     if nproc == 1:
         return None
+    free = available_memory()
+    if free is not None and nproc * RANK_MEMORY > free:   # each rank imports torch and holds a copy of the model
+        raise ConfigError(f"--nproc {nproc} needs about {nproc * RANK_MEMORY / 2**30:.0f} GiB for its processes "
+                          f"alone, more than the {free / 2**30:.1f} GiB of memory free; use fewer")
     import torch
 
     if torch.device(device).type == "cuda" and nproc > torch.cuda.device_count():

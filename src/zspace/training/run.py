@@ -193,7 +193,7 @@ def train(model: str | Model, data: str | DataSplits = "fashion-mnist", *, out: 
     torch.manual_seed(config.seed)  # fixes the initial weights too
     if isinstance(model, str):
         opts = {"input_shape": splits.example_shape, **model_options}
-        built = build_model(model, opts)
+        built = build_model(model, opts, copies=4)
         name = model
     else:
         if model_options:
@@ -268,19 +268,26 @@ def _is_unfinished_run(run_dir: Path) -> bool:
 
 
 def check_output_path(path: str | Path) -> None:
-    """Refuses an output that would overwrite a run's or a detector's own files: RUN/config.json,
-    metrics.csv, summary.md, anything in checkpoints/ or a logger's folder, or inside a detector folder."""
+    """Refuses an output that would overwrite a run's, a detector's or a shard store's own files:
+    RUN/config.json, metrics.csv, summary.md, anything in checkpoints/ or a logger's folder, anything
+    inside a detector folder or a shard store, and a device, FIFO or socket already at ``path``."""
+    from ..data.shards import is_store
+
     target = Path(path).resolve()
-    for parent in target.parents:
+    if target.exists() and not (target.is_file() or target.is_dir()):
+        raise ConfigError(f"{path} is a device, FIFO or socket, not a file zspace may write")
+    for parent in (target, *target.parents):
         if (parent / CONFIG_FILE).is_file() and (parent / "checkpoints").is_dir():
+            if parent == target:
+                raise ConfigError(f"{path} is a run folder; give a file name for the output")
             rel = target.relative_to(parent)
             if rel.parts[0] in ("checkpoints", *LOGGER_FOLDERS, CONFIG_FILE, "metrics.csv", "summary.md"):
                 raise ConfigError(f"{path} is one of the run {parent}'s own files; write elsewhere")
             return
         if (parent / "detector.json").is_file():
             raise ConfigError(f"{path} is inside the detector folder {parent}; write elsewhere")
-    if (target / CONFIG_FILE).is_file() and (target / "checkpoints").is_dir():
-        raise ConfigError(f"{path} is a run folder; give a file name for the output")
+        if is_store(parent):
+            raise ConfigError(f"{path} is inside the shard store {parent}; write elsewhere")
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None = None,
@@ -305,7 +312,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, steps: int | None 
         cfg["train"] = train_cfg.to_dict()
     dist = init_from_env(train_cfg.torch_device())
     read_state(latest_checkpoint(run_dir))   # a run that cannot resume is refused before anything is written
-    model = _model_from_config(cfg)
+    model = _model_from_config(cfg, copies=4)
     spec = DataSpec.from_dict(cfg["data"])
     if data is None:
         if spec.source.startswith("<in-memory"):
@@ -354,13 +361,13 @@ def _check_field_types(cls, values: dict, section: str) -> None:
             raise ConfigError(f"{section}.{f.name} must be {want.__name__}, got {v!r}")
 
 
-def _model_from_config(cfg: dict) -> Model:
+def _model_from_config(cfg: dict, copies: int = 2) -> Model:
     if cfg.get("model", {}).get("custom_networks"):
         raise CheckpointError("this run used injected encoder/decoder networks, which config.json "
                               "cannot rebuild; build the model in Python and load the weights with "
                               "zspace.training.checkpoint.load_weights")
     try:
-        return build_model(cfg["model"]["name"], cfg["model"]["config"])
+        return build_model(cfg["model"]["name"], cfg["model"]["config"], copies=copies)
     except (KeyError, TypeError, ValueError, ConfigError) as e:
         raise CheckpointError(f"config.json has no usable model section ({e})") from None
 

@@ -284,6 +284,9 @@ class Trainer:
             raise CheckpointError(f"{path}: checkpoint is incomplete (optimiser or RNG state missing)")
         check_rng_tensors(tensors, path / "trainer.safetensors")
         s = TrainState.from_dict(state)
+        if s.batch >= self.steps_per_epoch:
+            raise CheckpointError(f"{path / 'state.json'}: batch {s.batch} of an epoch of {self.steps_per_epoch} "
+                                  f"batches; the state is damaged")
         ws = self.dist.world_size
         if s.world_size != ws and s.batch > 0:
             raise self._same_everywhere(CheckpointError(
@@ -342,7 +345,11 @@ class Trainer:
             return
         name = f"epoch-{s.epoch:04d}" + (f"-batch-{s.batch:06d}" if s.batch else "")
         path = save_checkpoint(self.run_dir, name, self.model, self.optimizer, s.as_dict(), rng=rng)
-        write_text_atomic(self.run_dir / "metrics.csv", metrics_csv(s.history))
+        try:
+            write_text_atomic(self.run_dir / "metrics.csv", metrics_csv(s.history))
+        except OSError as e:
+            raise CheckpointError(f"checkpoint {name} is written, but {self.run_dir / 'metrics.csv'} could not be "
+                                  f"updated ({e.strerror or e}); free space, then resume with --resume") from None
         for cb in self.callbacks:
             cb.on_checkpoint(self, path)
 
