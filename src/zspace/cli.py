@@ -235,8 +235,15 @@ def build_parser() -> argparse.ArgumentParser:
     dkinds = dt.add_subparsers(dest="action", required=True, parser_class=_Parser)
     df = dkinds.add_parser("fit", help="train a detector (features standardised on these data)",
                            description="Train an outlier detector: a VAE or autoencoder on the given rows, "
-                                       "scored by --score. Writes a folder (JSON + safetensors).")
-    df.add_argument("--data", required=True, help="named set or .npy/.npz/.csv/IDX file (images are flattened)")
+                                       "scored by --score; or, with --run, an image detector on a trained "
+                                       "run's model. Writes a folder (JSON + safetensors).")
+    df.add_argument("--data", help="named set or .npy/.npz/.csv/IDX file (images are flattened); with --run: "
+                    "the in-distribution images to fit on (default: the run's training images)")
+    df.add_argument("--run", type=Path, help="image detector on this trained run's model (--score: combined "
+                    "(default), nll, complexity, typicality, likelihood-ratio, reconstruction, mahalanobis)")
+    df.add_argument("--background", type=Path, help="with --run: a background run (trained with "
+                    "--input-mutation) for the likelihood-ratio score")
+    df.add_argument("--limit", type=int, default=10000, help="with --run: at most this many images to fit on")
     df.add_argument("--split", default="all", choices=("train", "test", "all"))
     df.add_argument("--label-column", help="CSV column holding labels (ignored for fitting)")
     df.add_argument("--model", default="vae", choices=("vae", "ae"))
@@ -697,8 +704,23 @@ def _detector_rows(a):
 def cmd_detect(a) -> None:
     from .detect import GenerativeOutlierDetector, load_detector, save_detector
 
+    if a.action == "fit" and a.run is not None:
+        from .image_detect import fit_run_detector
+
+        _check_counts(a, "num_samples", "limit")
+        images = _detector_rows(a)[0][:a.limit] if a.data else None
+        det = fit_run_detector(a.run, images, background_dir=a.background, limit=a.limit,
+                               score_type=a.score or "combined", num_samples=a.num_samples,
+                               contamination=a.contamination, seed=a.seed)
+        save_detector(det, a.out)
+        print(f"image detector: {det.describe()}; fitted on {len(det.decision_scores_)} images; "
+              f"threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
+        print(f"detector: {a.out}")
+        return
     if a.action == "fit":
         _check_counts(a, "epochs", "batch_size", "num_samples")
+        if a.data is None:
+            raise ConfigError("detect fit needs --data (rows to fit on) or --run (an image model)")
         x, _ = _detector_rows(a)
         score = a.score or ("nll" if a.model == "vae" else "reconstruction")
         det = GenerativeOutlierDetector(a.model, score, latent_dim=a.latent_dim, hidden=a.hidden, epochs=a.epochs,

@@ -165,7 +165,7 @@ class LatentGaussian:
         if z.ndim != 2 or len(z) <= z.shape[1]:
             raise DataError(f"need more codes than dimensions to fit a covariance, got shape {z.shape}")
         self.mean = z.mean(0)
-        cov = np.cov(z, rowvar=False)
+        cov = np.atleast_2d(np.cov(z, rowvar=False))      # one latent dimension: a 1x1 matrix
         # a ridge relative to the average variance keeps collapsed (inactive) dimensions invertible
         cov += ridge * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
         self.precision = np.linalg.inv(cov)
