@@ -154,7 +154,8 @@ class ImageOutlierDetector:
             return O.importance_sampled_nll(model, loader.epoch(0), self.num_samples)
         return O.exact_nll(model, loader.epoch(0))
 
-    def _member_scores(self, st: dict[str, np.ndarray]) -> np.ndarray:
+    def member_scores(self, st: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, len(members)) scores from the statistics of :meth:`statistics`."""
         cols = []
         for m in self.members:
             if m == "nll":
@@ -179,7 +180,7 @@ class ImageOutlierDetector:
             raise DataError("need at least two training images")
         self.latent_ = O.LatentGaussian(st["codes"]) if "codes" in st else None
         self.typical_nll_ = float(st["nll"].mean()) if "typicality" in self.members else None
-        s = self._member_scores(st)
+        s = self.member_scores(st)
         self.combination_ = O.ScoreCombination.fit(s, "gaussian") if self.score_type == "combined" else None
         self._finish_fit(self._combine(s))
         return self
@@ -196,7 +197,7 @@ class ImageOutlierDetector:
     def decision_function(self, images) -> np.ndarray:
         if self.threshold_ is None:
             raise ConfigError("this image detector is not fitted yet: call fit(training images) first")
-        return self._combine(self._member_scores(self.statistics(images)))
+        return self._combine(self.member_scores(self.statistics(images)))
 
     def score_samples(self, images) -> np.ndarray:
         return -self.decision_function(images)
