@@ -145,6 +145,7 @@ def main() -> None:
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pyod", default=",".join(PYOD), help="PyOD detectors to run (and compare with)")
+    ap.add_argument("--training", default=",".join(TRAINING), help="zspace training runs of the grid to include")
     ap.add_argument("--peer-cache", type=Path, default=ROOT / "runs" / "bench-tables-pyod.json")
     ap.add_argument("--zspace-cache", type=Path, default=ROOT / "runs" / "bench-tables-zspace.json")
     args = ap.parse_args()
@@ -153,6 +154,13 @@ def main() -> None:
     if "IForest" not in pyod:
         raise SystemExit("--pyod must include IForest (the reference of the targets)")
     sets = list(ALL_SETS)
+    unknown = set(args.training.split(",")) - set(TRAINING)
+    if unknown:
+        raise SystemExit(f"unknown --training {sorted(unknown)}; choose from {list(TRAINING)}")
+    for name in [t for t in TRAINING if t not in args.training.split(",")]:
+        del TRAINING[name]
+    if any(t not in TRAINING for t, _ in OLD_DEFAULTS.values()):
+        raise SystemExit("--training must include the old defaults' runs: VAE power 20ep, AE standard 20ep")
     start = time.perf_counter()
     ensure_pyod()
     args.peer_cache.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ the same whatever batch, order or subset it arrives in (scikit-learn checks this
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 
@@ -157,7 +158,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         members = score_members(self.score_type)
         self.latent_ = self.typical_nll_ = self.combination_ = None
         if "mahalanobis" in members:      # refuses fewer rows than latent dimensions, clearly
-            self.latent_ = LatentGaussian(self._codes(self._scale(X)))
+            self.latent_ = LatentGaussian(self._codes(self._scale64(X)))
         if "typicality" in members:
             self.typical_nll_ = float(np.mean(self._raw_scores(X, "nll")))
         if len(members) > 1:
@@ -203,35 +204,50 @@ class GenerativeOutlierDetector(BaseEstimator):
         cols = []
         for m in members:
             if m == "mahalanobis":
-                cols.append(self.latent_.score(self._codes(self._scale(X))))
+                cols.append(self.latent_.score(self._codes(self._scale64(X))))
             elif m == "typicality":
                 cols.append(np.abs(raw("nll") - self.typical_nll_))
             else:
                 cols.append(raw(m))
         return np.column_stack(cols)
 
+    # Scores are computed in float64 (a float64 copy of the trained model): float32 matrix
+    # products round differently for different batch sizes, and a combined score divides by
+    # small training spreads, so float32 would make a row's score depend on its batch.
+    def _scale64(self, X: np.ndarray) -> np.ndarray:
+        return self.scaler_._map(np.asarray(X, dtype=np.float64))
+
+    def _scorer(self):
+        cached = getattr(self, "_model64", None)
+        if cached is None or cached[0] is not self.model_:
+            cached = (self.model_, copy.deepcopy(self.model_).double().eval())
+            self._model64 = cached
+        return cached[1]
+
     @torch.no_grad()
     def _codes(self, xs: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.model_.embed(torch.from_numpy(b)).numpy() for b in _chunks(xs, 4096)])
+        model = self._scorer()
+        return np.concatenate([model.embed(torch.from_numpy(b)).numpy() for b in _chunks(xs, 4096)])
 
     @torch.no_grad()
     def _raw_scores(self, X: np.ndarray, score: str) -> np.ndarray:
         out = []
+        model = self._scorer()
         for b in _chunks(X, 1024):
-            x = torch.from_numpy(self._scale(b))
+            x = torch.from_numpy(self._scale64(b))
             if score == "reconstruction":
-                out.append(((self.model_.reconstruct(x) - x) ** 2).mean(1).double().numpy())
+                out.append(((model.reconstruct(x) - x) ** 2).mean(1).numpy())
                 continue
-            q = self.model_.encode(x)
+            q = model.encode(x)
             # -log p(x) of the features as given: the scaled features' NLL minus log|dT/dx|
             jacobian = self.scaler_.log_jacobian(b)
             if score == "elbo":      # one posterior sample, closed-form KL
-                z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0]
-                out.append((q.kl_standard_normal() - self.model_.decode(z).log_prob(x)).double().numpy() - jacobian)
+                z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0].double()
+                out.append((q.kl_standard_normal() - model.decode(z).log_prob(x)).numpy() - jacobian)
                 continue
             k = self.num_samples
-            eps = _row_noise(b, k, q.mean.shape[1], self.seed_)                          # (k, B, D)
-            ll = importance_sampled_log_likelihood(self.model_, x, k, eps=eps, posterior=q)
+            eps = _row_noise(b, k, q.mean.shape[1], self.seed_).double()                 # (k, B, D)
+            ll = importance_sampled_log_likelihood(model, x, k, eps=eps, posterior=q)
             out.append(-ll.numpy() - jacobian)
         return np.concatenate(out)
 
