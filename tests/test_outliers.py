@@ -231,6 +231,9 @@ def test_detect_cli_fit_and_score(tmp_path, capsys):
                  "--contamination", "0.1", "--out", str(det)]) == 0
     out = capsys.readouterr().out
     assert "flags 10.0%" in out and (det / "detector.json").is_file()
+    assert main(["detect", "fit", "--data", str(tmp_path / "inliers.npy"), "--epochs", "3", "--score",
+                 "nll+mahalanobis", "--out", str(tmp_path / "combined")]) == 0
+    assert "score nll+mahalanobis, 3 epochs" in capsys.readouterr().out
     assert main(["detect", "score", str(det), "--data", str(tmp_path / "rows.npz"), "--out", str(tmp_path / "s.csv")]) == 0
     out = capsys.readouterr().out
     auroc = float(out.split("AUROC ")[1].split(",")[0])
@@ -246,7 +249,11 @@ def test_detect_cli_fit_and_score(tmp_path, capsys):
                           (["detect", "fit", "--data", str(tmp_path / "rows.npz"), "--contamination", "0.7",
                             "--out", str(tmp_path / "d2")], "contamination must lie in (0, 0.5]"),
                           (["detect", "score", str(tmp_path), "--data", str(tmp_path / "rows.npz"), "--out",
-                            str(tmp_path / "t.csv")], "not a saved detector")):
+                            str(tmp_path / "t.csv")], "not a saved detector"),
+                          (["detect", "fit", "--data", str(tmp_path / "rows.npz"), "--epochs", "many",
+                            "--out", str(tmp_path / "d2")], "epochs must be an integer >= 1 or 'auto'"),
+                          (["detect", "fit", "--data", str(tmp_path / "rows.npz"), "--score", "nll+magic",
+                            "--out", str(tmp_path / "d2")], "unknown score 'magic'")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1

@@ -247,17 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--split", default="all", choices=("train", "test", "all"))
     df.add_argument("--label-column", help="CSV column holding labels (ignored for fitting)")
     df.add_argument("--model", default="vae", choices=("vae", "ae"))
-    df.add_argument("--score", default=None, help="vae: nll (default), elbo, typicality, mahalanobis, "
-                    "reconstruction; ae: reconstruction (default), mahalanobis")
+    df.add_argument("--score", default=None, help="vae: nll, elbo, typicality, mahalanobis, reconstruction; "
+                    "ae: reconstruction, mahalanobis; several joined by + are combined (e.g. nll+mahalanobis); "
+                    "default: the detector's")
     df.add_argument("--contamination", type=float, default=0.1, help="share of training rows flagged (0, 0.5]")
     df.add_argument("--latent-dim", type=int, help="default: min(8, features // 2)")
     df.add_argument("--hidden", type=_parse_ints, default=(64, 32))
-    df.add_argument("--epochs", type=int, default=20)
+    df.add_argument("--epochs", default=None, help="an integer or auto (default: the detector's)")
     df.add_argument("--batch-size", type=int, default=128)
     df.add_argument("--lr", type=float, default=1e-3)
     df.add_argument("--num-samples", type=int, default=64, help="importance samples of the nll score")
     df.add_argument("--scaling", default=None, choices=("standard", "power", "quantile", "minmax", "none"),
-                    help="default: power (Yeo-Johnson) for vae, standard for ae")
+                    help="default: the detector's (power, i.e. Yeo-Johnson, for vae; standard for ae)")
     df.add_argument("--seed", type=int, default=0)
     df.add_argument("--out", type=Path, required=True, help="detector folder to write")
     ds = dkinds.add_parser("score", help="score rows with a fitted detector; CSV out (higher = more abnormal)")
@@ -702,7 +703,7 @@ def _detector_rows(a):
 
 
 def cmd_detect(a) -> None:
-    from .detect import GenerativeOutlierDetector, load_detector, save_detector
+    from .detect import AutoencoderOutlierDetector, VAEOutlierDetector, load_detector, save_detector
 
     if a.action == "fit" and a.run is not None:
         from .image_detect import fit_run_detector
@@ -718,19 +719,22 @@ def cmd_detect(a) -> None:
         print(f"detector: {a.out}")
         return
     if a.action == "fit":
-        _check_counts(a, "epochs", "batch_size", "num_samples")
+        _check_counts(a, "batch_size", "num_samples")
         if a.data is None:
             raise ConfigError("detect fit needs --data (rows to fit on) or --run (an image model)")
         x, _ = _detector_rows(a)
-        score = a.score or ("nll" if a.model == "vae" else "reconstruction")
-        det = GenerativeOutlierDetector(a.model, score, latent_dim=a.latent_dim, hidden=a.hidden, epochs=a.epochs,
-                                        batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples,
-                                        scaling=a.scaling or ("power" if a.model == "vae" else "standard"),
-                                        contamination=a.contamination, random_state=a.seed)
+        epochs = int(a.epochs) if a.epochs is not None and a.epochs.isdigit() else a.epochs   # or "auto"
+        given = {"score_type": None if a.score is None else (tuple(a.score.split("+")) if "+" in a.score else a.score),
+                 "epochs": epochs, "scaling": a.scaling}
+        cls = VAEOutlierDetector if a.model == "vae" else AutoencoderOutlierDetector
+        det = cls(**{k: v for k, v in given.items() if v is not None}, latent_dim=a.latent_dim, hidden=a.hidden,
+                  batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples, contamination=a.contamination,
+                  random_state=a.seed)
         det.fit(x)
         save_detector(det, a.out)
-        print(f"{a.model} detector, score {score}, fitted on {len(x)} rows x {x.shape[1]} features; "
-              f"threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
+        score = det.score_type if isinstance(det.score_type, str) else "+".join(det.score_type)
+        print(f"{a.model} detector, score {score}, {det.epochs_} epochs, fitted on {len(x)} rows x {x.shape[1]} "
+              f"features; threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
         print(f"detector: {a.out}")
         return
     _check_suffix(a.out, (".csv",))
