@@ -21,8 +21,8 @@ LAYERS = [
     ("sae", ("zspace.sae",)),          # language models, hooks, harvesting: only tasks and the CLI import it
     ("tasks", ("zspace.tasks",)),
     ("report", ("zspace.report",)),
-    ("applications", ("zspace.scorecard", "zspace.demo", "zspace.detect", "zspace.prior", "zspace.compare",
-                      "zspace.sklearn")),
+    ("applications", ("zspace.scorecard", "zspace.demo", "zspace.detect", "zspace.image_detect", "zspace.prior",
+                      "zspace.compare", "zspace.sklearn")),
     ("cli", ("zspace.cli", "zspace.__main__", "zspace")),   # the package itself re-exports everything
 ]
 

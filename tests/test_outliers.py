@@ -70,6 +70,29 @@ def test_scores_are_deterministic_per_row():
 def test_passes_scikit_learn_estimator_checks():
     check_estimator(VAEOutlierDetector(epochs=2, num_samples=4))
     check_estimator(AutoencoderOutlierDetector(epochs=2))
+    check_estimator(VAEOutlierDetector(("nll", "mahalanobis"), epochs="auto", num_samples=4))
+
+
+def test_combined_scores_auto_epochs_and_rescoring():
+    from zspace.detect import auto_epochs
+
+    assert auto_epochs(100, 128) == 500 and auto_epochs(5000, 128) == 20 and auto_epochs(1000, 128) == 63
+    x, y = blobs()
+    det = VAEOutlierDetector(("nll", "mahalanobis"), epochs="auto", num_samples=8, random_state=0).fit(x[y == 0])
+    assert det.epochs_ == auto_epochs(400, 128)
+    combined = det.decision_function(x)
+    assert O.auroc(y, combined) > 0.99
+    assert det.labels_.mean() == pytest.approx(0.1, abs=0.01)
+    # the combination is the mean of the members standardised on the training rows
+    members = np.column_stack([det.rescore(s, x[y == 0]).decision_function(x) for s in ("nll", "mahalanobis")])
+    train = np.column_stack([det.rescore(s, x[y == 0]).decision_scores_ for s in ("nll", "mahalanobis")])
+    q1, med, q3 = np.quantile(train, (0.25, 0.5, 0.75), axis=0)
+    assert np.allclose(((members - med) / (q3 - q1)).mean(1), combined)
+    assert np.allclose(det.rescore(("nll", "mahalanobis"), x[y == 0]).decision_function(x), combined)
+    with pytest.raises(ValueError, match="distinct scores"):
+        det.rescore(("nll", "nll"), x[y == 0])
+    with pytest.raises(ValueError, match="epochs must be"):
+        VAEOutlierDetector(epochs="many").fit(x)
 
 
 @pytest.mark.parametrize("make, fit_x, message", [
@@ -77,6 +100,8 @@ def test_passes_scikit_learn_estimator_checks():
     (lambda: VAEOutlierDetector(contamination=0.0), None, "contamination"),
     (lambda: VAEOutlierDetector(score_type="magic"), None, "unknown score"),
     (lambda: AutoencoderOutlierDetector(score_type="nll"), None, "needs a likelihood"),
+    (lambda: AutoencoderOutlierDetector(score_type=("reconstruction", "elbo")), None, "needs a likelihood"),
+    (lambda: VAEOutlierDetector(score_type=("nll", "magic")), None, "unknown score"),
     (lambda: GenerativeOutlierDetector(model="pixelcnn"), None, "model must be"),
     (lambda: VAEOutlierDetector(), np.array([[0.0, np.nan], [1.0, 2.0]]), "NaN"),
     (lambda: VAEOutlierDetector(), np.empty((0, 3)), "0 sample"),
@@ -206,6 +231,9 @@ def test_detect_cli_fit_and_score(tmp_path, capsys):
                  "--contamination", "0.1", "--out", str(det)]) == 0
     out = capsys.readouterr().out
     assert "flags 10.0%" in out and (det / "detector.json").is_file()
+    assert main(["detect", "fit", "--data", str(tmp_path / "inliers.npy"), "--epochs", "3", "--score",
+                 "nll+mahalanobis", "--out", str(tmp_path / "combined")]) == 0
+    assert "score nll+mahalanobis, 3 epochs" in capsys.readouterr().out
     assert main(["detect", "score", str(det), "--data", str(tmp_path / "rows.npz"), "--out", str(tmp_path / "s.csv")]) == 0
     out = capsys.readouterr().out
     auroc = float(out.split("AUROC ")[1].split(",")[0])
@@ -221,7 +249,11 @@ def test_detect_cli_fit_and_score(tmp_path, capsys):
                           (["detect", "fit", "--data", str(tmp_path / "rows.npz"), "--contamination", "0.7",
                             "--out", str(tmp_path / "d2")], "contamination must lie in (0, 0.5]"),
                           (["detect", "score", str(tmp_path), "--data", str(tmp_path / "rows.npz"), "--out",
-                            str(tmp_path / "t.csv")], "not a saved detector")):
+                            str(tmp_path / "t.csv")], "not a saved detector"),
+                          (["detect", "fit", "--data", str(tmp_path / "rows.npz"), "--epochs", "many",
+                            "--out", str(tmp_path / "d2")], "epochs must be an integer >= 1 or 'auto'"),
+                          (["detect", "fit", "--data", str(tmp_path / "rows.npz"), "--score", "nll+magic",
+                            "--out", str(tmp_path / "d2")], "unknown score 'magic'")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
@@ -234,6 +266,7 @@ def test_saved_detector_scores_exactly_as_fitted(tmp_path):
     for det in (VAEOutlierDetector(epochs=3, num_samples=8, random_state=0),
                 VAEOutlierDetector("elbo", epochs=3, num_samples=8, scaling="quantile", random_state=0),
                 VAEOutlierDetector("typicality", epochs=3, num_samples=8, scaling="minmax", random_state=0),
+                VAEOutlierDetector(("nll", "typicality", "mahalanobis"), epochs="auto", num_samples=8, random_state=0),
                 AutoencoderOutlierDetector("mahalanobis", epochs=3, random_state=0)):
         det.fit(x)
         back = load_detector(save_detector(det, tmp_path / "d"))

@@ -382,24 +382,31 @@ def build_parser() -> argparse.ArgumentParser:
     dkinds = dt.add_subparsers(dest="action", required=True, parser_class=_Parser)
     df = dkinds.add_parser("fit", help="train a detector (features standardised on these data)",
                            description="Train an outlier detector: a VAE or autoencoder on the given rows, "
-                                       "scored by --score. Writes a folder (JSON + safetensors).")
-    df.add_argument("--data", required=True, help="named set or .npy/.npz/.csv/IDX file (images are flattened)")
+                                       "scored by --score; or, with --run, an image detector on a trained "
+                                       "run's model. Writes a folder (JSON + safetensors).")
+    df.add_argument("--data", help="named set or .npy/.npz/.csv/IDX file (images are flattened); with --run: "
+                    "the in-distribution images to fit on (default: the run's training images)")
+    df.add_argument("--run", type=Path, help="image detector on this trained run's model (--score: combined "
+                    "(default), nll, complexity, typicality, likelihood-ratio, reconstruction, mahalanobis)")
+    df.add_argument("--background", type=Path, help="with --run: a background run (trained with "
+                    "--input-mutation) for the likelihood-ratio score")
+    df.add_argument("--limit", type=int, default=10000, help="with --run: at most this many images to fit on")
     df.add_argument("--split", default="all", choices=("train", "test", "all"), help="the rows fitted on")
     df.add_argument("--label-column", help="CSV column holding labels (left out of the features, and "
                                            "remembered: `detect score` leaves it out too)")
     df.add_argument("--model", default="vae", choices=("vae", "ae"), help="the generative model (default vae)")
-    df.add_argument("--score", default=None, choices=("nll", "elbo", "typicality", "mahalanobis", "reconstruction"),
-                    help="vae: nll (default), elbo, typicality, mahalanobis, reconstruction; "
-                         "ae: reconstruction (default), mahalanobis")
+    df.add_argument("--score", default=None, help="vae: nll, elbo, typicality, mahalanobis, reconstruction; "
+                    "ae: reconstruction, mahalanobis; several joined by + are combined (e.g. nll+mahalanobis); "
+                    "default: the detector's")
     df.add_argument("--contamination", type=float, default=0.1, help="share of training rows flagged (0, 0.5]")
     df.add_argument("--latent-dim", type=int, help="default: min(8, features // 2)")
     df.add_argument("--hidden", type=_parse_ints, default=(64, 32), help="MLP widths (default 64,32)")
-    df.add_argument("--epochs", type=int, default=20, help="training epochs (default 20)")
+    df.add_argument("--epochs", default=None, help="an integer or auto (default: the detector's)")
     df.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
     df.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
-    df.add_argument("--num-samples", type=int, default=64, help="importance samples of the nll score (default 64)")
+    df.add_argument("--num-samples", type=int, default=64, help="importance samples of the nll score")
     df.add_argument("--scaling", default=None, choices=("standard", "power", "quantile", "minmax", "none"),
-                    help="default: power (Yeo-Johnson) for vae, standard for ae")
+                    help="default: the detector's (power, i.e. Yeo-Johnson, for vae; standard for ae)")
     df.add_argument("--seed", type=int, default=0, help="seed of the fit (default 0)")
     df.add_argument("--out", type=Path, required=True, help="detector folder to write")
     _add_compute_flags(df, device=False)
@@ -910,20 +917,38 @@ def cmd_explore(a) -> None:
 
 
 def cmd_detect(a) -> None:
-    from .detect import GenerativeOutlierDetector, detector_rows, load_detector, save_detector
+    from .detect import AutoencoderOutlierDetector, VAEOutlierDetector, detector_rows, load_detector, save_detector
 
+    if a.action == "fit" and a.run is not None:
+        from .image_detect import fit_run_detector
+
+        _check_counts(a, "num_samples", "limit")
+        images = detector_rows(a.data, a.split, a.label_column)[0][:a.limit] if a.data else None
+        det = fit_run_detector(a.run, images, background_dir=a.background, limit=a.limit,
+                               score_type=a.score or "combined", num_samples=a.num_samples,
+                               contamination=a.contamination, seed=a.seed)
+        save_detector(det, a.out)
+        print(f"image detector: {det.describe()}; fitted on {len(det.decision_scores_)} images; "
+              f"threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
+        print(f"detector: {a.out}")
+        return
     if a.action == "fit":
-        _check_counts(a, "epochs", "batch_size", "num_samples")
+        _check_counts(a, "batch_size", "num_samples")
+        if a.data is None:
+            raise ConfigError("detect fit needs --data (rows to fit on) or --run (an image model)")
         x, _ = detector_rows(a.data, a.split, a.label_column)
-        score = a.score or ("nll" if a.model == "vae" else "reconstruction")
-        det = GenerativeOutlierDetector(a.model, score, latent_dim=a.latent_dim, hidden=a.hidden, epochs=a.epochs,
-                                        batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples,
-                                        scaling=a.scaling or ("power" if a.model == "vae" else "standard"),
-                                        contamination=a.contamination, random_state=a.seed, threads=a.threads)
+        epochs = int(a.epochs) if a.epochs is not None and a.epochs.isdigit() else a.epochs   # or "auto"
+        given = {"score_type": None if a.score is None else (tuple(a.score.split("+")) if "+" in a.score else a.score),
+                 "epochs": epochs, "scaling": a.scaling}
+        cls = VAEOutlierDetector if a.model == "vae" else AutoencoderOutlierDetector
+        det = cls(**{k: v for k, v in given.items() if v is not None}, latent_dim=a.latent_dim, hidden=a.hidden,
+                  batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples, contamination=a.contamination,
+                  random_state=a.seed, threads=a.threads)
         det.fit(x)
         save_detector(det, a.out, label_column=a.label_column)
-        print(f"{a.model} detector, score {score}, fitted on {len(x)} rows x {x.shape[1]} features; "
-              f"threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
+        score = det.score_type if isinstance(det.score_type, str) else "+".join(det.score_type)
+        print(f"{a.model} detector, score {score}, {det.epochs_} epochs, fitted on {len(x)} rows x {x.shape[1]} "
+              f"features; threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
         print(f"detector: {a.out}")
         return
     _check_suffix(a.out, (".csv",))

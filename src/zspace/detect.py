@@ -32,6 +32,7 @@ the same whatever batch, order or subset it arrives in (scikit-learn checks this
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
 from .errors import ConfigError
 from .evaluation.likelihood import importance_sampled_log_likelihood
-from .evaluation.outliers import LatentGaussian
+from .evaluation.outliers import LatentGaussian, ScoreCombination
 from .models.base import build_model
 from .rng import seeded
 from .training.config import TrainConfig
@@ -56,6 +57,20 @@ from .training.trainer import Trainer
 SCORES = ("reconstruction", "elbo", "nll", "typicality", "mahalanobis")
 SCALINGS = ("standard", "power", "quantile", "minmax", "none")
 _NEEDS_POSTERIOR = ("elbo", "nll", "typicality")
+# epochs="auto": at least 20 epochs and about AUTO_STEPS optimiser steps (small tables get more
+# epochs, so a 100-row table is not left with 20 steps), at most AUTO_MAX_EPOCHS
+AUTO_STEPS, AUTO_MAX_EPOCHS = 500, 500
+
+
+def auto_epochs(n_rows: int, batch_size: int) -> int:
+    """The epochs ``epochs="auto"`` trains for on ``n_rows`` rows in batches of ``batch_size``."""
+    steps_per_epoch = -(-n_rows // max(1, min(batch_size, n_rows)))
+    return int(min(AUTO_MAX_EPOCHS, max(20, -(-AUTO_STEPS // steps_per_epoch))))
+
+
+def score_members(score_type) -> tuple[str, ...]:
+    """The scores a ``score_type`` is made of: one name, or a tuple combined (ScoreCombination)."""
+    return (score_type,) if isinstance(score_type, str) else tuple(score_type)
 
 
 class GenerativeOutlierDetector(BaseEstimator):
@@ -82,10 +97,20 @@ class GenerativeOutlierDetector(BaseEstimator):
     def _check_params(self, n_features: int) -> int:
         if self.model not in ("ae", "vae"):
             raise ConfigError(f"model must be 'ae' or 'vae', got {self.model!r}")
-        if self.score_type not in SCORES:
-            raise ConfigError(f"unknown score {self.score_type!r}; choose one of {', '.join(SCORES)}")
-        if self.model == "ae" and self.score_type in _NEEDS_POSTERIOR:
-            raise ConfigError(f"score {self.score_type!r} needs a likelihood: use model='vae'")
+        try:
+            members = score_members(self.score_type)
+        except TypeError:
+            members = ()
+        if not members or len(set(members)) != len(members):
+            raise ConfigError(f"score_type must be a score or a tuple of distinct scores, got {self.score_type!r}")
+        for m in members:
+            if m not in SCORES:
+                raise ConfigError(f"unknown score {m!r}; choose one of {', '.join(SCORES)}")
+            if self.model == "ae" and m in _NEEDS_POSTERIOR:
+                raise ConfigError(f"score {m!r} needs a likelihood: use model='vae'")
+        e = self.epochs
+        if e != "auto" and (isinstance(e, bool) or not isinstance(e, int) or e < 1):
+            raise ConfigError(f"epochs must be an integer >= 1 or 'auto', got {e!r}")
         if self.scaling not in SCALINGS:
             raise ConfigError(f"scaling must be one of {', '.join(SCALINGS)}, got {self.scaling!r}")
         c = self.contamination
@@ -113,17 +138,35 @@ class GenerativeOutlierDetector(BaseEstimator):
         self.scaler_ = _Scaling.fit(self.scaling, X)
         xs = self._scale(X)
         self.seed_ = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
-        config = TrainConfig(epochs=self.epochs, batch_size=min(self.batch_size, len(X)), lr=self.lr,
+        self.epochs_ = auto_epochs(len(X), self.batch_size) if self.epochs == "auto" else self.epochs
+        config = TrainConfig(epochs=self.epochs_, batch_size=min(self.batch_size, len(X)), lr=self.lr,
                              seed=self.seed_, threads=small_fit_threads(X.size, self.threads))
         with seeded(self.seed_):
             model = build_model(self.model, self._model_options(X.shape[1], latent_dim), copies=4)
             Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config,
                     progress=is_enabled()).fit()   # the CLI's bar; silent in a library call
         self.model_ = model.eval()
-        if self.score_type == "mahalanobis":      # refuses fewer rows than latent dimensions, clearly
-            self.latent_ = LatentGaussian(self._codes(xs))
-        if self.score_type == "typicality":
+        return self._fit_score(X)
+
+    def rescore(self, score_type, X) -> "GenerativeOutlierDetector":
+        """Switches a fitted detector to another ``score_type`` without retraining its model:
+        the new score's statistics and threshold are fitted on X, the training rows."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float32, reset=False)
+        self.set_params(score_type=score_type)
+        self._check_params(X.shape[1])
+        return self._fit_score(X)
+
+    def _fit_score(self, X: np.ndarray) -> "GenerativeOutlierDetector":
+        """The score's training statistics (latent Gaussian, typical NLL, combination), threshold."""
+        members = score_members(self.score_type)
+        self.latent_ = self.typical_nll_ = self.combination_ = None
+        if "mahalanobis" in members:      # refuses fewer rows than latent dimensions, clearly
+            self.latent_ = LatentGaussian(self._codes(self._scale64(X)))
+        if "typicality" in members:
             self.typical_nll_ = float(np.mean(self._raw_scores(X, "nll")))
+        if len(members) > 1:
+            self.combination_ = ScoreCombination.fit(self._member_scores(X, members))
         self.decision_scores_ = self._scores(X)
         self.threshold_ = float(np.quantile(self.decision_scores_, 1 - self.contamination))
         self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
@@ -149,36 +192,68 @@ class GenerativeOutlierDetector(BaseEstimator):
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         """Scores of raw rows X (the rows' bytes also key their Monte-Carlo noise)."""
-        if self.score_type == "mahalanobis":
-            return self.latent_.score(self._codes(self._scale(X)))
-        if self.score_type == "typicality":
-            return np.abs(self._raw_scores(X, "nll") - self.typical_nll_)
-        return self._raw_scores(X, self.score_type)
+        members = score_members(self.score_type)
+        if len(members) == 1:
+            return self._member_scores(X, members)[:, 0]
+        return self.combination_.score(self._member_scores(X, members))
+
+    def _member_scores(self, X: np.ndarray, members: tuple[str, ...]) -> np.ndarray:
+        """(N, len(members)) scores; the NLL is computed once when typicality needs it too."""
+        cache: dict[str, np.ndarray] = {}
+
+        def raw(name):
+            if name not in cache:
+                cache[name] = self._raw_scores(X, name)
+            return cache[name]
+        cols = []
+        for m in members:
+            if m == "mahalanobis":
+                cols.append(self.latent_.score(self._codes(self._scale64(X))))
+            elif m == "typicality":
+                cols.append(np.abs(raw("nll") - self.typical_nll_))
+            else:
+                cols.append(raw(m))
+        return np.column_stack(cols)
+
+    # Scores are computed in float64 (a float64 copy of the trained model): float32 matrix
+    # products round differently for different batch sizes, and a combined score divides by
+    # small training spreads, so float32 would make a row's score depend on its batch.
+    def _scale64(self, X: np.ndarray) -> np.ndarray:
+        return self.scaler_._map(np.asarray(X, dtype=np.float64))
+
+    def _scorer(self):
+        cached = getattr(self, "_model64", None)
+        if cached is None or cached[0] is not self.model_:
+            cached = (self.model_, copy.deepcopy(self.model_).double().eval())
+            self._model64 = cached
+        return cached[1]
 
     @torch.no_grad()
     def _codes(self, xs: np.ndarray) -> np.ndarray:
-        return np.concatenate([self.model_.embed(torch.from_numpy(b)).numpy() for b in _chunks(xs, 4096)])
+        model = self._scorer()
+        return np.concatenate([model.embed(torch.from_numpy(b)).numpy() for b in _chunks(xs, 4096)])
 
     @torch.no_grad()
     def _raw_scores(self, X: np.ndarray, score: str) -> np.ndarray:
         out = []
+        model = self._scorer()
         bar = Progress(len(X), f"detect: {score} scores", "rows")   # shown by the CLI (core.progress)
         for b in _chunks(X, 1024):
             bar.update(len(b))
-            x = torch.from_numpy(self._scale(b))
+            x = torch.from_numpy(self._scale64(b))
             if score == "reconstruction":
-                out.append(((self.model_.reconstruct(x) - x) ** 2).mean(1).double().numpy())
+                out.append(((model.reconstruct(x) - x) ** 2).mean(1).numpy())
                 continue
-            q = self.model_.encode(x)
+            q = model.encode(x)
             # -log p(x) of the features as given: the scaled features' NLL minus log|dT/dx|
             jacobian = self.scaler_.log_jacobian(b)
             if score == "elbo":      # one posterior sample, closed-form KL
-                z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0]
-                out.append((q.kl_standard_normal() - self.model_.decode(z).log_prob(x)).double().numpy() - jacobian)
+                z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0].double()
+                out.append((q.kl_standard_normal() - model.decode(z).log_prob(x)).numpy() - jacobian)
                 continue
             k = self.num_samples
-            eps = _row_noise(b, k, q.mean.shape[1], self.seed_)                          # (k, B, D)
-            ll = importance_sampled_log_likelihood(self.model_, x, k, eps=eps, posterior=q)
+            eps = _row_noise(b, k, q.mean.shape[1], self.seed_).double()                 # (k, B, D)
+            ll = importance_sampled_log_likelihood(model, x, k, eps=eps, posterior=q)
             out.append(-ll.numpy() - jacobian)
         bar.close()
         return np.concatenate(out)
@@ -257,43 +332,57 @@ def detector_rows(source, split: str = "all", label_column=None, detector=None):
     return rows(label_column)
 
 
-def save_detector(det: GenerativeOutlierDetector, path, label_column=None) -> Path:
-    """Writes a fitted detector to the folder ``path`` (replaced atomically if it exists);
-    ``label_column``, the CSV column left out of its features, is kept for scoring."""
+def write_detector_folder(path, meta: dict, models: dict, arrays: dict) -> Path:
+    """A detector folder: DETECTOR_FILE (``meta``), NAME.safetensors per model, fitted.safetensors
+    (``arrays``: NumPy arrays), written atomically; an existing folder that is not a detector is refused."""
     import json
 
     from safetensors.torch import save_file
 
     from .core.io import write_folder_atomic
 
-    check_is_fitted(det)
     path = Path(path)
     if path.exists() and not (path / DETECTOR_FILE).is_file():
         raise ConfigError(f"{path} exists and is not a saved detector; choose another folder")
-    arrays = {"decision_scores": torch.from_numpy(np.asarray(det.decision_scores_, dtype=np.float64))}
-    arrays.update({f"scaler_{k}": torch.from_numpy(np.ascontiguousarray(v)) for k, v in det.scaler_.arrays.items()})
-    if getattr(det, "latent_", None) is not None:
-        arrays.update(latent_mean=torch.from_numpy(det.latent_.mean),
-                      latent_precision=torch.from_numpy(det.latent_.precision))
-    meta = {"format": "zspace-detector", "version": 1, "class": type(det).__name__,
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in det.get_params().items()},
-            "n_features": int(det.n_features_in_), "seed": det.seed_, "threshold": det.threshold_,
-            "typical_nll": getattr(det, "typical_nll_", None),
-            "label_column": label_column if label_column is not None else getattr(det, "label_column_", None),
-            "model": {"name": det.model_.name, "config": det.model_.config.to_dict()}}
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
 
     def fill(tmp: Path) -> None:
-        save_file({k: v.detach().contiguous() for k, v in det.model_.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        save_file(arrays, str(tmp / "fitted.safetensors"))
+        for name, model in models.items():
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+                      str(tmp / f"{name}.safetensors"))
+        save_file(tensors, str(tmp / "fitted.safetensors"))
         (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     write_folder_atomic(path, fill)
     return path
 
 
-def load_detector(path) -> GenerativeOutlierDetector:
-    """A detector saved by :func:`save_detector`, ready to score (nothing is executed)."""
+def save_detector(det, path, label_column=None) -> Path:
+    """Writes a fitted detector (tabular or image) to the folder ``path`` (replaced atomically);
+    ``label_column``, the CSV column left out of a table's features, is kept for scoring."""
+    if not isinstance(det, GenerativeOutlierDetector):
+        from .image_detect import save_image_detector
+
+        return save_image_detector(det, path)
+    check_is_fitted(det)
+    arrays = {"decision_scores": np.asarray(det.decision_scores_, dtype=np.float64)}
+    arrays.update({f"scaler_{k}": v for k, v in det.scaler_.arrays.items()})
+    if getattr(det, "latent_", None) is not None:
+        arrays.update(latent_mean=det.latent_.mean, latent_precision=det.latent_.precision)
+    if getattr(det, "combination_", None) is not None:
+        arrays.update(combination_center=det.combination_.center, combination_scale=det.combination_.scale)
+    meta = {"format": "zspace-detector", "version": 1, "class": type(det).__name__,
+            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in det.get_params().items()},
+            "n_features": int(det.n_features_in_), "seed": det.seed_, "threshold": det.threshold_,
+            "epochs": det.epochs_,
+            "typical_nll": getattr(det, "typical_nll_", None),
+            "label_column": label_column if label_column is not None else getattr(det, "label_column_", None),
+            "model": {"name": det.model_.name, "config": det.model_.config.to_dict()}}
+    return write_detector_folder(path, meta, {"model": det.model_}, arrays)
+
+
+def load_detector(path):
+    """A detector (tabular or image) saved by :func:`save_detector`, ready to score (nothing is executed)."""
     import json
 
     from .errors import CheckpointError
@@ -305,6 +394,10 @@ def load_detector(path) -> GenerativeOutlierDetector:
     if not (path / DETECTOR_FILE).exists():
         raise CheckpointError(f"{path}: not a saved detector (no {DETECTOR_FILE})")
     meta = read_json(path / DETECTOR_FILE)
+    if isinstance(meta, dict) and meta.get("class") == "ImageOutlierDetector":
+        from .image_detect import load_image_detector
+
+        return load_image_detector(path, meta)
     try:
         cls = _CLASSES[meta["class"]]
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
@@ -319,18 +412,22 @@ def load_detector(path) -> GenerativeOutlierDetector:
     arrays = load_tensors(path / "fitted.safetensors")
     _check_fitted_arrays(det.scaling, arrays, meta["n_features"], path / "fitted.safetensors")
     det.n_features_in_, det.seed_, det.threshold_ = meta["n_features"], meta.get("seed"), meta["threshold"]
+    det.epochs_ = meta.get("epochs", det.epochs)
     det.decision_scores_ = arrays["decision_scores"].numpy()
     det.labels_ = (det.decision_scores_ > det.threshold_).astype(int)
     det.scaler_ = _Scaling(det.scaling, {k[len("scaler_"):]: v.numpy() for k, v in arrays.items()
                                          if k.startswith("scaler_")})
-    if meta.get("typical_nll") is not None:
-        det.typical_nll_ = meta["typical_nll"]
+    det.typical_nll_ = meta.get("typical_nll")
+    det.latent_ = det.combination_ = None
     label = meta.get("label_column")
     if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
         raise CheckpointError(f"{path / DETECTOR_FILE}: label_column must be a column name or index, got {label!r}")
     det.label_column_ = label
     if "latent_mean" in arrays:
         det.latent_ = LatentGaussian.from_arrays(arrays["latent_mean"].numpy(), arrays["latent_precision"].numpy())
+    if "combination_center" in arrays:
+        det.combination_ = ScoreCombination(arrays["combination_center"].numpy(), arrays["combination_scale"].numpy())
+    _check_score_statistics(det, path / "fitted.safetensors")
     return det
 
 
@@ -361,6 +458,22 @@ def _check_saved_detector(det, meta: dict, path: Path) -> None:
     shape = tuple(det.model_.config.input_shape)
     if shape != (n,):
         raise CheckpointError(f"{where}: the model reads {shape} features but n_features is {n}")
+
+
+def _check_score_statistics(det, where: Path) -> None:
+    """A saved detector holds what its score needs (a damaged or hand-edited one may not)."""
+    from .errors import CheckpointError
+
+    members = score_members(det.score_type)
+    needs = {"latent Gaussian": ("mahalanobis" in members, det.latent_),
+             "typical NLL": ("typicality" in members, det.typical_nll_),
+             "score combination": (len(members) > 1, det.combination_)}
+    for what, (needed, value) in needs.items():
+        if needed and value is None:
+            raise CheckpointError(f"{where}: score {det.score_type!r} needs the {what}, which is missing")
+    if det.combination_ is not None and det.combination_.center.shape != (len(members),):
+        raise CheckpointError(f"{where}: the score combination has {det.combination_.center.shape} entries "
+                              f"for {len(members)} scores")
 
 
 def _check_fitted_arrays(kind: str, arrays: dict, n: int, where: Path) -> None:

@@ -283,7 +283,7 @@ class RowScores:
 
 def score_rows(detector, x: np.ndarray, y: np.ndarray | None = None) -> RowScores:
     """A fitted detector's scores and flags for rows x (N, features)."""
-    if x.shape[1] != detector.n_features_in_:
+    if getattr(detector, "image_shape", None) is None and x.shape[1] != detector.n_features_in_:
         raise ConfigError(f"the detector was fitted on {detector.n_features_in_} features, "
                           f"these rows have {x.shape[1]}")
     scores = detector.decision_function(x)

@@ -16,6 +16,8 @@ batches (``Batch`` objects, e.g. ``run.loader("test").epoch(0)``) or precomputed
     typicality_test         ... and their batch test with a bootstrap threshold
     latent_mahalanobis      Mahalanobis distance of the code under a Gaussian fitted to the
                             training codes (the aggregate posterior, to second order)
+    ScoreCombination        several scores standardised on training rows and averaged (DoSE's
+                            idea, Morningstar et al. 2021)
 
 Metrics: ``auroc``, ``auprc`` (average precision, outliers positive) and
 ``fpr_at_tpr`` (false-positive rate when 95% of outliers are caught).
@@ -163,7 +165,7 @@ class LatentGaussian:
         if z.ndim != 2 or len(z) <= z.shape[1]:
             raise DataError(f"need more codes than dimensions to fit a covariance, got shape {z.shape}")
         self.mean = z.mean(0)
-        cov = np.cov(z, rowvar=False)
+        cov = np.atleast_2d(np.cov(z, rowvar=False))      # one latent dimension: a 1x1 matrix
         # a ridge relative to the average variance keeps collapsed (inactive) dimensions invertible
         cov += ridge * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
         self.precision = np.linalg.inv(cov)
@@ -178,6 +180,60 @@ class LatentGaussian:
     def score(self, codes) -> np.ndarray:
         d = np.asarray(codes, dtype=np.float64) - self.mean
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+
+class ScoreCombination:
+    """Several scores made one, with statistics fitted on training rows only (the idea of DoSE,
+    Morningstar et al. 2021: no outlier is needed to weigh them).
+
+    Each score is standardised by its training median and interquartile range (robust: the
+    training rows of an unsupervised detector hold outliers too), then
+
+      ``method="mean"``      averaged: one-sided, every score says "higher = more abnormal";
+      ``method="gaussian"``  the Mahalanobis distance of the standardised vector under a
+                             Gaussian fitted to the training vectors: two-sided, and it sees
+                             combinations the training data never shows (a low NLL *with* a
+                             low compressed size, say), as DoSE's density over statistics does.
+
+    ``fit`` takes (N, S) training scores, one column per score.
+    """
+
+    METHODS = ("mean", "gaussian")
+
+    def __init__(self, center: np.ndarray, scale: np.ndarray, precision: np.ndarray | None = None):
+        self.center, self.scale = np.asarray(center, np.float64), np.asarray(scale, np.float64)
+        self.precision = None if precision is None else np.asarray(precision, np.float64)
+
+    @property
+    def method(self) -> str:
+        return "mean" if self.precision is None else "gaussian"
+
+    @classmethod
+    def fit(cls, train_scores, method: str = "mean", ridge: float = 1e-3) -> "ScoreCombination":
+        if method not in cls.METHODS:
+            raise ConfigError(f"unknown combination {method!r}; choose one of {', '.join(cls.METHODS)}")
+        s = np.asarray(train_scores, dtype=np.float64)
+        if s.ndim != 2 or len(s) < 2 or not np.isfinite(s).all():
+            raise DataError(f"need finite training scores (N >= 2, S), got shape {s.shape}")
+        lo, mid, hi = np.quantile(s, (0.25, 0.5, 0.75), axis=0)
+        spread, fallback = hi - lo, s.std(0)
+        scale = np.where(spread > 0, spread, np.where(fallback > 0, fallback, 1.0))
+        if method == "mean":
+            return cls(mid, scale)
+        z = (s - mid) / scale
+        if len(z) <= z.shape[1]:
+            raise DataError(f"need more training rows than scores to fit their covariance, got shape {s.shape}")
+        cov = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(z.shape[1])
+        return cls(mid, scale, np.linalg.inv(cov))
+
+    def score(self, scores) -> np.ndarray:
+        s = np.asarray(scores, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] != len(self.center):
+            raise DataError(f"need (N, {len(self.center)}) scores, got shape {s.shape}")
+        z = (s - self.center) / self.scale
+        if self.precision is None:
+            return z.mean(1)
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
 
 
 # ---- how well a score separates inliers (label 0) from outliers (label 1) -------------------
