@@ -21,7 +21,7 @@ LAYERS = [
     ("sae", ("zspace.sae",)),          # language models, hooks, harvesting: only tasks and the CLI import it
     ("tasks", ("zspace.tasks",)),
     ("report", ("zspace.report",)),
-    ("applications", ("zspace.scorecard", "zspace.demo", "zspace.detect", "zspace.prior", "zspace.compare",
+    ("applications", ("zspace.scorecard", "zspace.demo", "zspace.detect", "zspace.prior", "zspace.compare", "zspace.classify",
                       "zspace.sklearn")),
     ("cli", ("zspace.cli", "zspace.__main__", "zspace")),   # the package itself re-exports everything
 ]

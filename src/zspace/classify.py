@@ -168,6 +168,11 @@ class Classification:
     predictions: np.ndarray | None = None
     kept: np.ndarray | None = None
 
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("predictions", "kept")}
+        out["threshold"] = None if math.isinf(self.threshold) else self.threshold
+        return out
+
     def lines(self) -> list[str]:
         out = [f"{self.num_examples} examples of {self.data}, {self.run} ({self.estimator} log p(x|y))",
                f"reject when the {self.score} score > {self.threshold:.4g} (coverage {self.coverage:g} on "
@@ -178,6 +183,22 @@ class Classification:
                           else "none kept"))
             out.append("selective accuracy: " + ", ".join(f"{100 * c:g}% -> {100 * a:.2f}%" for c, a in self.curve))
         return out
+
+
+def write_classification(res: Classification, json_path=None, csv_path=None) -> list[str]:
+    """The summary as JSON and/or one CSV row per example (index, predicted label, kept 0/1),
+    both written atomically; returns the paths written."""
+    from .core.io import write_json_atomic, write_text_atomic
+
+    written = []
+    if json_path is not None:
+        write_json_atomic(json_path, res.as_dict())
+        written.append(str(json_path))
+    if csv_path is not None:
+        rows = "".join(f"{i},{int(p)},{int(k)}\n" for i, (p, k) in enumerate(zip(res.predictions, res.kept)))
+        write_text_atomic(csv_path, "index,label,kept\n" + rows)
+        written.append(str(csv_path))
+    return written
 
 
 def _scores_of(run, loader, num_samples: int, seed: int, score: str, log_prior: np.ndarray):
@@ -247,8 +268,9 @@ def _with_split(splits, split: str, part) -> DataSplits:
 class GenerativeClassifier(ClassifierMixin, BaseEstimator):
     """A conditional VAE as a classifier with a reject option (see the module docstring).
 
-    Features are min-max scaled to [0, 1] on the training data and modelled by a Bernoulli
-    decoder (its cross-entropy on [0, 1] values, as the VAE literature does for grey levels).
+    Features are min-max scaled to [0, 1] on the training data and modelled by the decoder's
+    ``likelihood`` (default a Gaussian with learned variance: a density, so classes differ by
+    more than a Bernoulli's flat cross-entropy on continuous values allows).
     ``coverage`` < 1 holds out ``calibration_fraction`` of the training rows (stratified by
     nothing: the first rows of a seeded permutation) and sets the threshold on -log p(x) that
     keeps that fraction of them; ``accept(X)`` then says which rows are kept and
@@ -256,9 +278,10 @@ class GenerativeClassifier(ClassifierMixin, BaseEstimator):
     every row (the scikit-learn contract).
     """
 
-    def __init__(self, latent_dim=8, *, hidden=(128,), epochs=30, batch_size=64, lr=3e-3,
-                 num_samples=32, coverage=1.0, calibration_fraction=0.2, random_state=None):
+    def __init__(self, latent_dim=8, *, hidden=(128,), likelihood="gaussian-learned", epochs=30, batch_size=64,
+                 lr=3e-3, num_samples=32, coverage=1.0, calibration_fraction=0.2, random_state=None):
         self.latent_dim = latent_dim
+        self.likelihood = likelihood
         self.hidden = hidden
         self.epochs = epochs
         self.batch_size = batch_size
@@ -300,8 +323,11 @@ class GenerativeClassifier(ClassifierMixin, BaseEstimator):
         self.scaler_ = MinMaxScaler().fit(X[~held])
         xs = np.clip(self.scaler_.transform(X), 0, 1).astype(np.float32)
         k = len(self.classes_)
-        config = CVAEConfig(input_shape=(X.shape[1],), latent_dim=int(self.latent_dim), hidden=tuple(self.hidden),
-                            num_classes=k)
+        try:
+            config = CVAEConfig(input_shape=(X.shape[1],), latent_dim=int(self.latent_dim), hidden=tuple(self.hidden),
+                                likelihood=self.likelihood, num_classes=k)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
         fit_rows = ~held
         train_config = TrainConfig(epochs=int(self.epochs), batch_size=int(min(self.batch_size, fit_rows.sum())),
                                    lr=self.lr, seed=seed)

@@ -78,7 +78,7 @@ class DBVAEConfig(VAEConfig):
     alpha: float = 0.01          # histogram smoothing: small alpha debiases harder
     bins: int = 10               # histogram bins per latent dimension over [-latent_range, latent_range]
     latent_range: float = 3.0
-    momentum: float = 0.99       # running average of the histograms over training batches
+    histogram_momentum: float = 0.99       # running average of the histograms over training batches
     combine: str = "product"     # "product" of per-dimension weights (the paper) or their "max"
     vae_weight: float = 1.0      # weight on -ELBO per input dimension beside the cross-entropy
 
@@ -89,8 +89,8 @@ class DBVAEConfig(VAEConfig):
         check_positive("alpha", self.alpha)
         check_positive("latent_range", self.latent_range)
         check_positive("vae_weight", self.vae_weight)
-        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
-            raise ConfigError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        if not (isinstance(self.histogram_momentum, (int, float)) and 0 <= self.histogram_momentum < 1):
+            raise ConfigError(f"histogram_momentum must lie in [0, 1), got {self.histogram_momentum!r}")
         if self.combine not in COMBINE:
             raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
         if self.iw_samples > 1 or self.tc_weight:
@@ -146,11 +146,10 @@ class DBVAE(VAE):
         """The classifier's logits, (B, num_classes)."""
         return self._heads(x)[1]
 
-    def sampling_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Resampling probabilities of the examples of x (B,) under the running histograms."""
+    def latent_weights(self, mean: torch.Tensor) -> torch.Tensor:
+        """Resampling probabilities (B,), summing to 1, of posterior means (B, latent_dim) under
+        the running histograms."""
         c = self.config
-        with torch.no_grad():
-            mean = self.encode(x).mean
         return debiasing_weights(mean, self.histogram, -c.latent_range, c.latent_range, c.alpha, c.combine)
 
     def _update_histogram(self, mean: torch.Tensor) -> None:
@@ -159,7 +158,7 @@ class DBVAE(VAE):
         counts = torch.zeros_like(self.histogram).scatter_add_(1, idx.t(), torch.ones_like(idx.t(), dtype=self.histogram.dtype))
         frac = counts / len(mean)
         fresh = self.histogram.sum() == 0
-        self.histogram.copy_(frac if fresh else c.momentum * self.histogram + (1 - c.momentum) * frac)
+        self.histogram.copy_(frac if fresh else c.histogram_momentum * self.histogram + (1 - c.histogram_momentum) * frac)
 
     def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         c = self.config
@@ -168,7 +167,7 @@ class DBVAE(VAE):
         if self.training:
             uniform = q.mean.detach()       # the histograms describe the data, not the resampled batch
             if c.debias and bool(self.histogram.sum() > 0):   # draw the batch again, ∝ 1 / latent density
-                w = debiasing_weights(uniform, self.histogram, -c.latent_range, c.latent_range, c.alpha, c.combine)
+                w = self.latent_weights(uniform)
                 pick = torch.multinomial(w, len(x), replacement=True)     # global RNG: checkpointed
                 x, y, logits = x[pick], y[pick], logits[pick]
                 q = type(q)(q.mean[pick], q.log_var[pick])
