@@ -135,16 +135,26 @@ def test_dbvae_learns_the_data_histogram_and_resamples_the_rare_kind_more_often(
     model = build_model("dbvae", dict(input_shape=(2,), latent_dim=1, hidden=(8,), num_classes=2, bins=4,
                                       latent_range=2.0, histogram_momentum=0.0, likelihood="gaussian-fixed"))
     model.train()
-    x = torch.zeros(100, 2)
+    x = torch.randn(100, 2)
     y = torch.zeros(100, dtype=torch.long)
-    model(x, y)                                               # one batch: the histogram is its own
-    mean = model.encode(x).mean.detach()
-    idx = torch.clamp(torch.floor((mean[:, 0] + 2.0) / 4.0 * 4).long(), 0, 3)
+    model(x, y)                                               # one batch: moments and histogram are its own
+    mean = model.encode(x).mean.detach()[:, 0]
+    assert model.code_mean[0] == pytest.approx(float(mean.mean()), rel=1e-5)
+    std = (mean - mean.mean()) / mean.std(unbiased=False)
+    idx = torch.clamp(torch.floor((std + 2.0) / 4.0 * 4).long(), 0, 3)
     assert torch.allclose(model.histogram[0], torch.bincount(idx, minlength=4).float() / 100)
-    # a common code and a rare one: the rare one is drawn about (q_common + a) / (q_rare + a) times as often
+    # a common code and a rare one: the rare one is drawn (q_common + a) / (q_rare + a) times as often
     model.histogram.copy_(torch.tensor([[0.0, 0.98, 0.02, 0.0]]))
+    model.code_mean.zero_()
+    model.code_var.fill_(1.0)
     w = model.latent_weights(torch.tensor([[-0.5], [0.5]]))
     assert float(w[1] / w[0]) == pytest.approx((0.98 + 0.01) / (0.02 + 0.01), rel=1e-5)
+    # a training step redraws the batch by these weights: the rare kind fills most of it
+    rare = torch.tensor([[0.5]]).expand(10, 1)
+    model.code_mean.zero_()
+    model.code_var.fill_(1.0)
+    picks = torch.multinomial(model.latent_weights(torch.cat([torch.full((90, 1), -0.5), rare])), 10000, True)
+    assert (picks >= 90).float().mean() > 0.7                # 10% of the batch, drawn ~77% of the time
 
 
 def run_cli(capsys, *argv):

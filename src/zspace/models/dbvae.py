@@ -11,8 +11,9 @@ of the posterior means:
 
 so inputs of a rare kind (a colour seen in 2% of the training set) are seen more often.
 
-Here the histograms are a running average over training batches (model buffers: saved with
-the weights, so a resumed run continues exactly), and the resampling happens inside each
+Here the histograms are a running average over training batches, of codes standardized by
+their running mean and spread (model buffers: saved with the weights, so a resumed run
+continues exactly), and the resampling happens inside each
 uniformly drawn batch: B indices are drawn with replacement with probabilities ∝ W, which
 approximates drawing from the whole set ∝ W while the trainer's sampler stays the
 position-addressed one. ``debias=False`` is the plain classifier + VAE at the same budget.
@@ -76,10 +77,10 @@ class DBVAEConfig(VAEConfig):
     hidden: tuple[int, ...] = (256,)
     debias: bool = True          # False: the plain classifier + VAE, uniform sampling
     alpha: float = 0.01          # histogram smoothing: small alpha debiases harder
-    bins: int = 10               # histogram bins per latent dimension over [-latent_range, latent_range]
+    bins: int = 10               # histogram bins per latent dimension over mean ± latent_range std
     latent_range: float = 3.0
     histogram_momentum: float = 0.99       # running average of the histograms over training batches
-    combine: str = "product"     # "product" of per-dimension weights (the paper) or their "max"
+    combine: str = "max"         # "max" of per-dimension weights (the MIT 6.S191 lab) or their "product" (the paper)
     vae_weight: float = 1.0      # weight on -ELBO per input dimension beside the cross-entropy
 
     def __post_init__(self):
@@ -111,6 +112,10 @@ class DBVAE(VAE):
         self.encoder = build_encoder(config, 2 * config.latent_dim + config.num_classes)   # [mean, log-var, logits]
         self.decoder = build_decoder(config, self.likelihood.params_per_dim)
         self.register_buffer("histogram", torch.zeros(config.latent_dim, config.bins))
+        # running mean and variance of each code dimension: the bins span mean ± latent_range std,
+        # so they follow the data's spread (Amini et al. bin between each dimension's extremes)
+        self.register_buffer("code_mean", torch.zeros(config.latent_dim))
+        self.register_buffer("code_var", torch.ones(config.latent_dim))
 
     @property
     def num_classes(self) -> int:
@@ -146,19 +151,28 @@ class DBVAE(VAE):
         """The classifier's logits, (B, num_classes)."""
         return self._heads(x)[1]
 
+    def standardized(self, mean: torch.Tensor) -> torch.Tensor:
+        """Posterior means (B, latent_dim) in units of the running spread of each dimension."""
+        return (mean - self.code_mean) / self.code_var.clamp_min(1e-12).sqrt()
+
     def latent_weights(self, mean: torch.Tensor) -> torch.Tensor:
         """Resampling probabilities (B,), summing to 1, of posterior means (B, latent_dim) under
         the running histograms."""
         c = self.config
-        return debiasing_weights(mean, self.histogram, -c.latent_range, c.latent_range, c.alpha, c.combine)
+        return debiasing_weights(self.standardized(mean), self.histogram, -c.latent_range, c.latent_range,
+                                 c.alpha, c.combine)
 
-    def _update_histogram(self, mean: torch.Tensor) -> None:
-        c = self.config
-        idx = bin_index(mean.detach(), -c.latent_range, c.latent_range, c.bins)       # (B, D)
+    def _update_statistics(self, mean: torch.Tensor) -> None:
+        """Running moments, then running histograms of the standardized codes, of a uniform batch."""
+        c, m = self.config, self.config.histogram_momentum
+        fresh = bool(self.histogram.sum() == 0)
+        mu, var = mean.mean(0), mean.var(0, unbiased=False) if len(mean) > 1 else torch.ones_like(self.code_var)
+        self.code_mean.copy_(mu if fresh else m * self.code_mean + (1 - m) * mu)
+        self.code_var.copy_(var if fresh else m * self.code_var + (1 - m) * var)
+        idx = bin_index(self.standardized(mean), -c.latent_range, c.latent_range, c.bins)       # (B, D)
         counts = torch.zeros_like(self.histogram).scatter_add_(1, idx.t(), torch.ones_like(idx.t(), dtype=self.histogram.dtype))
         frac = counts / len(mean)
-        fresh = self.histogram.sum() == 0
-        self.histogram.copy_(frac if fresh else c.histogram_momentum * self.histogram + (1 - c.histogram_momentum) * frac)
+        self.histogram.copy_(frac if fresh else m * self.histogram + (1 - m) * frac)
 
     def forward(self, x, y=None, warmup: float = 1.0) -> Losses:
         c = self.config
@@ -171,7 +185,7 @@ class DBVAE(VAE):
                 pick = torch.multinomial(w, len(x), replacement=True)     # global RNG: checkpointed
                 x, y, logits = x[pick], y[pick], logits[pick]
                 q = type(q)(q.mean[pick], q.log_var[pick])
-            self._update_histogram(uniform)
+            self._update_statistics(uniform)
         ce = F.cross_entropy(logits, y, reduction="none")
         rec = self.decode(q.rsample()).log_prob(x)
         kl = q.kl_standard_normal()
