@@ -68,6 +68,17 @@ def test_a_cvae_uses_the_importance_sampled_estimate_on_the_same_draws_for_every
         class_log_likelihoods(build_model("vae", dict(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))), [])
 
 
+def test_a_gated_pixelcnn_gives_its_exact_log_likelihood_for_every_class():
+    torch.manual_seed(0)
+    model = build_model("gated-pixelcnn", dict(input_shape=(1, 4, 4), channels=8, residual_blocks=1, head_channels=8,
+                                               first_kernel=3, num_classes=3)).eval()
+    x = torch.rand(6, 1, 4, 4).round()
+    lp, _ = class_log_likelihoods(model, [Batch(x, None, np.arange(6))])
+    for c in range(3):
+        assert np.allclose(lp[:, c], model.log_prob(x, torch.full((6,), c)).detach().double().numpy())
+    assert not np.allclose(lp[:, 0], lp[:, 1])               # the class changes the likelihood
+
+
 def test_the_threshold_keeps_the_requested_share_of_fresh_held_out_scores():
     rng = np.random.default_rng(0)
     held, fresh = rng.standard_normal(4000), rng.standard_normal(20000)
