@@ -32,7 +32,8 @@ from torch import nn
 
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
-from zspace.classify import bayes_posterior, class_log_likelihoods, log_class_prior, rejection_scores, selective_accuracy
+from zspace.classify import (bayes_posterior, class_log_likelihoods, log_class_prior, rejection_scores,
+                             seen_images, selective_accuracy)
 from zspace.data import ArrayData, BatchLoader
 from zspace.data.shapes import Shapes
 from zspace.evaluation.outliers import auroc
@@ -80,7 +81,7 @@ def generative_scores(run, x: np.ndarray, k: int, log_prior: np.ndarray) -> dict
     loader = BatchLoader(data, 250, run.preprocessing, shuffle=False, seed=12345)
     lp, _ = class_log_likelihoods(run.model, loader.epoch(0), num_samples=k, seed=0)
     post, log_px = bayes_posterior(lp, log_prior)
-    seen = torch.cat([b.x for b in loader.epoch(0)]).numpy()       # what the model scored (binarized)
+    seen = np.concatenate([seen_images(b.x) for b in loader.epoch(0)])   # what the model scored (binarized)
     return {"post": post, "nll": rejection_scores(log_px),
             "complexity": rejection_scores(log_px, seen, "complexity")}
 

@@ -190,6 +190,9 @@ def test_classify_cli_end_to_end_and_its_user_errors(tmp_path, capsys):
     assert res["accuracy"] > 0.5                              # 10 classes: chance is 0.1
     rows = (tmp_path / "c.csv").read_text().splitlines()
     assert rows[0] == "index,label,kept" and len(rows) == res["num_examples"] + 1
+    code, out, err = run_cli(capsys, "classify", run, "--score", "complexity", "--coverage", 0.8, "--calibrate", 50,
+                             "--limit", 50, "--nll-samples", 3)
+    assert code == 0 and "complexity score" in out and "50 examples" in out, err
     vae = tmp_path / "vae"
     assert run_cli(capsys, "train", "vae", *TRAIN, "--out", vae)[0] == 0
     for argv, message in [((run, "--coverage", 0), "coverage must lie in (0, 1]"),

@@ -201,13 +201,25 @@ def write_classification(res: Classification, json_path=None, csv_path=None) -> 
     return written
 
 
+def seen_images(x: torch.Tensor) -> np.ndarray:
+    """A batch as the model saw it (binarized, scaled or 8-bit levels) as images for PNG: uint8
+    levels, or floats in [0, 1]."""
+    x = x.detach().cpu()
+    return x.clamp(0, 255).to(torch.uint8).numpy() if not x.is_floating_point() else x.clamp(0, 1).numpy()
+
+
 def _scores_of(run, loader, num_samples: int, seed: int, score: str, log_prior: np.ndarray):
-    lp, y = class_log_likelihoods(run.model, loader.epoch(0), num_samples, seed)
+    seen = []
+
+    def batches():                       # the complexity is of what the model scored, batch by batch
+        for b in loader.epoch(0):
+            if score == "complexity":
+                seen.append(seen_images(b.x))
+            yield b
+
+    lp, y = class_log_likelihoods(run.model, batches(), num_samples, seed)
     post, log_px = bayes_posterior(lp, log_prior)
-    images = None
-    if score == "complexity":
-        images = loader.data.read(np.arange(len(loader.data)))
-    return post, y, rejection_scores(log_px, images, score)
+    return post, y, rejection_scores(log_px, np.concatenate(seen) if seen else None, score)
 
 
 def classify_run(run, data=None, *, split: str = "test", limit: int | None = None, num_samples: int = 100,
