@@ -102,7 +102,8 @@ def _batch(model):
         x = torch.randint(0, levels, (8, *shape), generator=g)
     else:
         x = torch.rand(8, *shape, generator=g).round()
-    y = torch.arange(8) % model.num_classes if model.num_classes else None
+    k = model.num_classes or getattr(model, "num_targets", 0)
+    y = torch.arange(8) % k if k else None
     return x, y
 
 
