@@ -27,6 +27,7 @@ TINY = {
                                    embedding_dim=4, num_classes=3)),
     "tile-transformer": dict(levels=5, width=8, layers=1, heads=2, num_classes=3),
     "sae": dict(width=16, k=4, aux_k=4, dead_tokens=12),
+    "dbvae": dict(latent_dim=3, hidden=(16,), num_classes=3, bins=4),
 }
 READS_CODES = {"vqvae-prior"}            # its inputs are code grids, not SHAPE
 
@@ -48,7 +49,8 @@ def batch(model, n: int = 6):
         x = torch.randint(0, levels, (n, *shape), generator=g)
     else:
         x = torch.rand(n, *shape, generator=g).round()
-    y = torch.arange(n) % model.num_classes if model.num_classes else None
+    k = model.num_classes or getattr(model, "num_targets", 0)   # a classifier's targets are labels too
+    y = torch.arange(n) % k if k else None
     return x, y
 
 

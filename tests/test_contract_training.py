@@ -28,7 +28,8 @@ def splits_for(model, n=40) -> DataSplits:
         x = rng.integers(0, levels, size=(n, *shape), dtype=np.uint8)
     else:
         x = rng.random((n, *shape), dtype=np.float32).round(1)
-    y = np.arange(n) % model.num_classes if model.num_classes else None
+    k = model.num_classes or getattr(model, "num_targets", 0)   # a classifier's targets are labels too
+    y = np.arange(n) % k if k else None
     data = ArrayData.from_arrays(x, y)
     return DataSplits(data.head(32), data.subset(np.arange(32, n)), "tiny")
 
@@ -101,7 +102,8 @@ def _batch(model):
         x = torch.randint(0, levels, (8, *shape), generator=g)
     else:
         x = torch.rand(8, *shape, generator=g).round()
-    y = torch.arange(8) % model.num_classes if model.num_classes else None
+    k = model.num_classes or getattr(model, "num_targets", 0)
+    y = torch.arange(8) % k if k else None
     return x, y
 
 

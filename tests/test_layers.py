@@ -22,7 +22,7 @@ LAYERS = [
     ("tasks", ("zspace.tasks",)),
     ("report", ("zspace.report",)),
     ("applications", ("zspace.scorecard", "zspace.demo", "zspace.detect", "zspace.image_detect", "zspace.prior",
-                      "zspace.compare", "zspace.sklearn")),
+                      "zspace.compare", "zspace.classify", "zspace.sklearn")),
     ("cli", ("zspace.cli", "zspace.__main__", "zspace")),   # the package itself re-exports everything
 ]
 

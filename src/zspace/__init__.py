@@ -23,7 +23,12 @@ def _write_run_figures(run):
     """train(figures=True) draws through the report layer; imported when first drawn (matplotlib)."""
     from .report.figures import write_run_figures
 
-    return write_run_figures(run)
+    written = write_run_figures(run)
+    if run.model.name == "dbvae":      # its resampling weights and the most/least up-weighted images
+        from .report.debias_figures import save_debias_weights
+
+        written.append(save_debias_weights(run, run.path / "figures" / "debias_weights.png"))
+    return [p for p in written if p is not None]
 
 
 _training_run.FIGURE_WRITER = _write_run_figures

@@ -1,5 +1,6 @@
 """Model families, one file each, all registered by name for the trainer and CLI."""
 from .autoencoder import Autoencoder, AutoencoderConfig
+from .dbvae import DBVAE, DBVAEConfig
 from .base import MODELS, Model, build_model
 from .capabilities import (Conditional, ContinuousCode, DiscreteCodes, ExactLikelihood, ImportanceSampledLikelihood,
                            LatentVariableModel, Reconstructs, SamplesFromPrior, capabilities_of)
@@ -13,7 +14,7 @@ from .vqvae import VQVAE, VQVAEConfig
 
 __all__ = ["Autoencoder", "AutoencoderConfig", "VAE", "VAEConfig", "CVAE", "CVAEConfig", "PixelCNN", "PixelCNNConfig",
            "GatedPixelCNN", "GatedPixelCNNConfig", "VQVAE", "VQVAEConfig", "VQPrior", "VQPriorConfig",
-           "SparseAutoencoder", "SAEConfig", "TileTransformer", "TileTransformerConfig",
+           "SparseAutoencoder", "SAEConfig", "TileTransformer", "TileTransformerConfig", "DBVAE", "DBVAEConfig",
            "MODELS", "Losses", "Statistic", "Model", "build_model",
            "Conditional", "ContinuousCode", "DiscreteCodes", "ExactLikelihood", "ImportanceSampledLikelihood",
            "LatentVariableModel", "Reconstructs", "SamplesFromPrior", "capabilities_of"]
