@@ -4,6 +4,7 @@ import argparse
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,20 @@ def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained_once(tmp_path_factory):
+    """One tiny finished run (seed 3), trained once for the tests that only read or copy it."""
+    run = tmp_path_factory.mktemp("shared") / "run"
+    assert main([str(a) for a in (*TRAIN, "--no-progress", "--seed", 3, "--out", run)]) == 0
+    return run
+
+
+@pytest.fixture
+def run_copy(trained_once, tmp_path):
+    """A copy of the shared run that a test may write into."""
+    return Path(shutil.copytree(trained_once, tmp_path / "run"))
 
 
 # ---- progress -----------------------------------------------------------------------------------
@@ -59,11 +74,11 @@ def test_training_and_eval_report_progress_with_a_whole_run_eta(tmp_path, capsys
 
 
 # ---- zspace runs ---------------------------------------------------------------------------------
-def test_runs_lists_finished_interrupted_not_started_and_damaged_runs(tmp_path, capsys):
+def test_runs_lists_finished_interrupted_not_started_and_damaged_runs(trained_once, tmp_path, capsys):
     import zspace
 
     root = tmp_path / "runs"
-    assert run_cli(capsys, *TRAIN, "--no-progress", "--out", root / "done")[0] == 0
+    shutil.copytree(trained_once, root / "done")
 
     def stop(trainer, row):           # Ctrl-C right after epoch 1's checkpoint
         if row["epoch"] == 1:
@@ -110,9 +125,8 @@ def _weights(run):
     return load_file(str(run / "checkpoints" / latest / "model.safetensors"))
 
 
-def test_a_finished_runs_config_reproduces_it_and_flags_override_the_file(tmp_path, capsys):
-    first = tmp_path / "first"
-    assert run_cli(capsys, *TRAIN, "--no-progress", "--seed", 3, "--out", first)[0] == 0
+def test_a_finished_runs_config_reproduces_it_and_flags_override_the_file(trained_once, tmp_path, capsys):
+    first = trained_once
     again = tmp_path / "again"
     code, out, _ = run_cli(capsys, "train", "vae", "--config", first / "config.json", "--out", again, "--no-progress")
     assert code == 0
@@ -207,9 +221,8 @@ def test_help_lists_allowed_values_and_only_the_flags_that_apply(capsys):
             assert not outs[0].required and "default RUN/" in outs[0].help, path
 
 
-def test_outputs_default_into_the_run_folder(tmp_path, capsys):
-    run = tmp_path / "run"
-    assert run_cli(capsys, *TRAIN, "--no-progress", "--out", run)[0] == 0
+def test_outputs_default_into_the_run_folder(run_copy, capsys):
+    run = run_copy
     for argv, made in ((["sample", run, "-n", 4], "samples.png"), (["reconstruct", run], "reconstructions.png"),
                        (["encode", run], "codes-test.npy"), (["explore", "manifold", run, "-n", 3, "--plane", "0,1"],
                                                            "explore-manifold.png")):
@@ -223,11 +236,10 @@ def test_thread_default_does_not_oversubscribe():
     assert default_threads() == min(usable_cores(), MAX_DEFAULT_THREADS)
 
 
-def test_a_gpu_this_machine_lacks_is_one_line(tmp_path, capsys):
+def test_a_gpu_this_machine_lacks_is_one_line(trained_once, capsys):
     from zspace import ConfigError, load_run
 
-    run = tmp_path / "run"
-    assert run_cli(capsys, *TRAIN, "--no-progress", "--out", run)[0] == 0
+    run = trained_once
     # no GPU: "cuda" is refused; with GPUs, one past the last
     missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     with pytest.raises(ConfigError, match=r"no CUDA GPU|GPU\(s\) present"):
