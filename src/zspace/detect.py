@@ -101,6 +101,8 @@ class GenerativeOutlierDetector(BaseEstimator):
             members = score_members(self.score_type)
         except TypeError:
             members = ()
+        if not all(isinstance(m, str) for m in members):   # a list inside the tuple, say
+            members = ()
         if not members or len(set(members)) != len(members):
             raise ConfigError(f"score_type must be a score or a tuple of distinct scores, got {self.score_type!r}")
         for m in members:
