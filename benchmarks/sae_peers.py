@@ -132,7 +132,7 @@ def train_zspace(pack: Path, out: Path, *, kind: str, width: int, k: int, steps:
                  **options) -> tuple[SparseAutoencoder, dict]:
     """zspace.sae.train_sae with its defaults (schedule-free signum at 5e-3 / sqrt(width / 2^14),
     constant), timed per step."""
-    config = sae_train.default_config(width, epochs=None, steps=steps, batch_size=BATCH, threads=threads, seed=0)
+    config = sae_train.default_config(width, kind, epochs=None, steps=steps, batch_size=BATCH, threads=threads, seed=0)
     lr = config.lr
     timer = _StepTimes()
     with mock.patch.object(sae_train, "train", partial(sae_train.train, callbacks=[timer])):
@@ -408,7 +408,7 @@ def draw_pareto(points: list[dict], tokens: int, n: int, d: int) -> None:
 def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], reuse: bool = False) -> str:
     out = [f"Command: `{command_line()}`{REUSED if reuse else ''}", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
            f"zspace SAEs at 8x (width 512) on stories260K `resid_post.2`, {tokens:,} training tokens each "
-           f"(batch 4096, seed 0, zspace's default lr 5e-3/sqrt(width/2^14) = 0.0283, constant), FVU and L0 on "
+           f"(batch 4096, seed 0, zspace's defaults: lr 5e-3/sqrt(width/2^14) = 0.0283, constant; schedule-free signum for topk and batchtopk, Adam for relu and jumprelu), FVU and L0 on "
            f"N = {n:,} held-out tokens. Figure: docs/figures/sae-pareto-stories260k.png", "",
            "| kind | setting | L0 | FVU | dead (held-out) |", "|---|---|---|---|---|"]
     for p in points:

@@ -227,6 +227,7 @@ def test_sae_defaults_schedule_free_on_the_unit_sphere_with_a_budget_relative_de
     store = _store(tmp_path / "acts", x)
     cfg = default_config(64, epochs=None, steps=60, batch_size=128)
     assert cfg.optimizer == "signum" and cfg.lr_schedule == "constant"
+    assert default_config(64, "jumprelu").optimizer == "adam"    # its penalty needs step sizes
     run = train_sae(store, tmp_path / "r", kind="topk", width=64, k=3, config=cfg, test_fraction=0.1,
                     progress=False)
     # the schedule-free average is what was saved and evaluated, and its decoder rows are unit too

@@ -1030,7 +1030,7 @@ def cmd_sae(a) -> None:
 
         d = _load(str(a.store), test_fraction=a.test_fraction).example_shape[-1]
         run = sae.train_sae(a.store, a.out, kind=a.kind, width=a.width, expansion=a.expansion, k=a.k,
-                            config=sae.default_config(a.width or a.expansion * d, **train_opts), test_fraction=a.test_fraction,
+                            config=sae.default_config(a.width or a.expansion * d, a.kind, **train_opts), test_fraction=a.test_fraction,
                             progress=not a.no_progress, overwrite=a.overwrite, **opts)
         last = run.history()[-1]
         print(f"trained {run.model.describe()}: step {last['step']}, test FVU {last.get('test_fvu', float('nan')):.4f}, "
