@@ -20,7 +20,8 @@ import zspace
 from zspace.cli import main
 from zspace.errors import ConfigError, ZspaceError
 
-from .test_robustness import TRAIN, base_run, cli, latest, refused, run, snapshot  # noqa: F401  (fixtures)
+from .test_robustness import (TRAIN, base_run, cli, folder_of_other_files, latest, refused, run,  # noqa: F401
+                              snapshot)  # (base_run, run: fixtures)
 
 GiB = 1 << 30
 
@@ -291,10 +292,7 @@ def test_compare_does_not_write_into_checkpoints_or_a_detector(run, capsys):
 
 
 def test_demo_refuses_a_folder_of_other_files(tmp_path, capsys):
-    out = tmp_path / "mine"
-    (out / "figures").mkdir(parents=True)
-    (out / "figures" / "mine.png").write_bytes(b"png")
-    (out / "config.json").write_text('{"mine": 1}')
+    out = folder_of_other_files(tmp_path)
     before = snapshot(out)
     refused(capsys, "demo", "--out", out, "--epochs", 1, "--nll-samples", 2, "--data", "digits",
             match="not a zspace run")

@@ -112,11 +112,17 @@ def test_the_python_api_raises_the_library_error(name, tmp_path):
 
 
 # ---- lost work -------------------------------------------------------------------------------
-def test_train_out_on_a_folder_of_other_files_refuses_and_keeps_them(tmp_path, capsys):
+def folder_of_other_files(tmp_path):
+    """A folder holding a user's own figures/ and config.json, not a zspace run."""
     out = tmp_path / "mine"
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "mine.png").write_bytes(b"png")
     (out / "config.json").write_text('{"mine": 1}')
+    return out
+
+
+def test_train_out_on_a_folder_of_other_files_refuses_and_keeps_them(tmp_path, capsys):
+    out = folder_of_other_files(tmp_path)
     before = snapshot(out)
     refused(capsys, *TRAIN, "--data", "digits", "--out", out, match="not a zspace run")
     assert snapshot(out) == before
