@@ -71,6 +71,18 @@ def test_passes_scikit_learn_estimator_checks():
     check_estimator(VAEOutlierDetector(epochs=2, num_samples=4))
     check_estimator(AutoencoderOutlierDetector(epochs=2))
     check_estimator(VAEOutlierDetector(("nll", "mahalanobis"), epochs="auto", num_samples=4))
+    check_estimator(VAEOutlierDetector(("nll", "isolation"), epochs=2, num_samples=4))
+
+
+@pytest.mark.parametrize("n, d", [(300, 5), (40, 2), (1500, 9)])
+def test_isolation_scores_equal_scikit_learns_forest(n, d):
+    from sklearn.ensemble import IsolationForest
+
+    rng = np.random.default_rng(n)
+    x, probe = rng.standard_t(3, size=(n, d)), 2 * rng.standard_t(3, size=(200, d))
+    ours = O.IsolationScores.fit(x, seed=3)
+    assert np.allclose(ours.score(probe), -IsolationForest(random_state=3).fit(x).score_samples(probe), atol=1e-12)
+    assert np.allclose(O.average_path_length([1, 2, 256]), [0.0, 1.0, 2 * (np.log(255) + np.euler_gamma) - 2 * 255 / 256])
 
 
 def test_combined_scores_auto_epochs_and_rescoring():
@@ -267,12 +279,35 @@ def test_saved_detector_scores_exactly_as_fitted(tmp_path):
                 VAEOutlierDetector("elbo", epochs=3, num_samples=8, scaling="quantile", random_state=0),
                 VAEOutlierDetector("typicality", epochs=3, num_samples=8, scaling="minmax", random_state=0),
                 VAEOutlierDetector(("nll", "typicality", "mahalanobis"), epochs="auto", num_samples=8, random_state=0),
+                VAEOutlierDetector(("nll", "isolation"), epochs=3, num_samples=8, random_state=0),
                 AutoencoderOutlierDetector("mahalanobis", epochs=3, random_state=0)):
         det.fit(x)
         back = load_detector(save_detector(det, tmp_path / "d"))
         assert type(back) is type(det) and back.get_params() == det.get_params()
         assert np.array_equal(back.decision_function(x), det.decision_function(x))
         assert back.threshold_ == det.threshold_
+
+
+@pytest.mark.parametrize("damage", ["cycle", "feature", "missing"])
+def test_a_damaged_isolation_forest_is_refused_in_one_line(tmp_path, damage):
+    from safetensors.numpy import load_file, save_file
+
+    from zspace.detect import load_detector, save_detector
+    from zspace.errors import CheckpointError
+
+    x, _ = blobs(n_in=200, n_out=0)
+    path = save_detector(VAEOutlierDetector(("nll", "isolation"), epochs=2, num_samples=4, random_state=0).fit(x),
+                         tmp_path / "d")
+    arrays = load_file(path / "fitted.safetensors")
+    if damage == "cycle":          # a child pointing back at the root would walk forever
+        arrays["isolation_left"][0, 1] = 0
+    elif damage == "feature":
+        arrays["isolation_feature"][0, 0] = 99
+    else:
+        del arrays["isolation_threshold"]
+    save_file(arrays, path / "fitted.safetensors")
+    with pytest.raises(CheckpointError, match="isolation forest"):
+        load_detector(path)
 
 
 @pytest.mark.parametrize("kind", ["power", "standard", "quantile"])

@@ -48,13 +48,13 @@ from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
 from .errors import ConfigError
 from .evaluation.likelihood import importance_sampled_log_likelihood
-from .evaluation.outliers import LatentGaussian, ScoreCombination
+from .evaluation.outliers import IsolationScores, LatentGaussian, ScoreCombination
 from .models.base import build_model
 from .rng import seeded
 from .training.config import TrainConfig
 from .training.trainer import Trainer
 
-SCORES = ("reconstruction", "elbo", "nll", "typicality", "mahalanobis")
+SCORES = ("reconstruction", "elbo", "nll", "typicality", "mahalanobis", "isolation")
 SCALINGS = ("standard", "power", "quantile", "minmax", "none")
 _NEEDS_POSTERIOR = ("elbo", "nll", "typicality")
 # epochs="auto": at least 20 epochs and about AUTO_STEPS optimiser steps (small tables get more
@@ -162,7 +162,9 @@ class GenerativeOutlierDetector(BaseEstimator):
     def _fit_score(self, X: np.ndarray) -> "GenerativeOutlierDetector":
         """The score's training statistics (latent Gaussian, typical NLL, combination), threshold."""
         members = score_members(self.score_type)
-        self.latent_ = self.typical_nll_ = self.combination_ = None
+        self.latent_ = self.typical_nll_ = self.combination_ = self.isolation_ = None
+        if "isolation" in members:
+            self.isolation_ = IsolationScores.fit(X, seed=self.seed_)
         if "mahalanobis" in members:      # refuses fewer rows than latent dimensions, clearly
             self.latent_ = LatentGaussian(self._codes(self._scale64(X)))
         if "typicality" in members:
@@ -213,6 +215,8 @@ class GenerativeOutlierDetector(BaseEstimator):
                 cols.append(self.latent_.score(self._codes(self._scale64(X))))
             elif m == "typicality":
                 cols.append(np.abs(raw("nll") - self.typical_nll_))
+            elif m == "isolation":
+                cols.append(self.isolation_.score(X))
             else:
                 cols.append(raw(m))
         return np.column_stack(cols)
@@ -373,6 +377,8 @@ def save_detector(det, path, label_column=None) -> Path:
         arrays.update(latent_mean=det.latent_.mean, latent_precision=det.latent_.precision)
     if getattr(det, "combination_", None) is not None:
         arrays.update(combination_center=det.combination_.center, combination_scale=det.combination_.scale)
+    if getattr(det, "isolation_", None) is not None:
+        arrays.update({f"isolation_{k}": v for k, v in det.isolation_.arrays.items()})
     meta = {"format": "zspace-detector", "version": 1, "class": type(det).__name__,
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in det.get_params().items()},
             "n_features": int(det.n_features_in_), "seed": det.seed_, "threshold": det.threshold_,
@@ -420,7 +426,7 @@ def load_detector(path):
     det.scaler_ = _Scaling(det.scaling, {k[len("scaler_"):]: v.numpy() for k, v in arrays.items()
                                          if k.startswith("scaler_")})
     det.typical_nll_ = meta.get("typical_nll")
-    det.latent_ = det.combination_ = None
+    det.latent_ = det.combination_ = det.isolation_ = None
     label = meta.get("label_column")
     if label is not None and not isinstance(label, (str, int)) or isinstance(label, bool):
         raise CheckpointError(f"{path / DETECTOR_FILE}: label_column must be a column name or index, got {label!r}")
@@ -429,6 +435,8 @@ def load_detector(path):
         det.latent_ = LatentGaussian.from_arrays(arrays["latent_mean"].numpy(), arrays["latent_precision"].numpy())
     if "combination_center" in arrays:
         det.combination_ = ScoreCombination(arrays["combination_center"].numpy(), arrays["combination_scale"].numpy())
+    if "isolation_feature" in arrays:
+        det.isolation_ = _isolation_from(arrays, meta["n_features"], path / "fitted.safetensors")
     _check_score_statistics(det, path / "fitted.safetensors")
     return det
 
@@ -469,13 +477,36 @@ def _check_score_statistics(det, where: Path) -> None:
     members = score_members(det.score_type)
     needs = {"latent Gaussian": ("mahalanobis" in members, det.latent_),
              "typical NLL": ("typicality" in members, det.typical_nll_),
-             "score combination": (len(members) > 1, det.combination_)}
+             "score combination": (len(members) > 1, det.combination_),
+             "isolation forest": ("isolation" in members, det.isolation_)}
     for what, (needed, value) in needs.items():
         if needed and value is None:
             raise CheckpointError(f"{where}: score {det.score_type!r} needs the {what}, which is missing")
     if det.combination_ is not None and det.combination_.center.shape != (len(members),):
         raise CheckpointError(f"{where}: the score combination has {det.combination_.center.shape} entries "
                               f"for {len(members)} scores")
+
+
+def _isolation_from(arrays: dict, n_features: int, where: Path) -> IsolationScores:
+    """The stored forest, checked so that a damaged file cannot index outside its arrays."""
+    from .errors import CheckpointError
+
+    try:
+        a = {k: arrays[f"isolation_{k}"].numpy() for k in IsolationScores.ARRAYS}
+    except KeyError as e:
+        raise CheckpointError(f"{where}: the isolation forest is incomplete (no {e.args[0]})") from None
+    shape = a["feature"].shape
+    nodes = shape[1] if len(shape) == 2 else 0
+    ok = (len(shape) == 2 and all(a[k].shape == shape for k in ("threshold", "left", "right", "leaf_depth"))
+          and a["subsample"].shape == (1,) and a["subsample"][0] >= 1 and nodes >= 1
+          and ((a["feature"] >= 0) & (a["feature"] < n_features)).all()
+          and all(((a[k] >= -1) & (a[k] < nodes)).all() for k in ("left", "right"))
+          and ((a["left"] >= 0) == (a["right"] >= 0)).all()
+          and all((np.arange(nodes) < np.where(a[k] >= 0, a[k], nodes)).all() for k in ("left", "right")))
+    # (children come after their parents, so a walk always ends at a leaf)
+    if not ok:
+        raise CheckpointError(f"{where}: the isolation forest's arrays are damaged")
+    return IsolationScores(a)
 
 
 def _check_fitted_arrays(kind: str, arrays: dict, n: int, where: Path) -> None:

@@ -18,6 +18,8 @@ batches (``Batch`` objects, e.g. ``run.loader("test").epoch(0)``) or precomputed
                             training codes (the aggregate posterior, to second order)
     ScoreCombination        several scores standardised on training rows and averaged (DoSE's
                             idea, Morningstar et al. 2021)
+    IsolationScores         an isolation forest (Liu et al. 2008) fitted by scikit-learn, kept as
+                            plain arrays so a detector stores it without pickling
 
 Metrics: ``auroc``, ``auprc`` (average precision, outliers positive) and
 ``fpr_at_tpr`` (false-positive rate when 95% of outliers are caught).
@@ -180,6 +182,73 @@ class LatentGaussian:
     def score(self, codes) -> np.ndarray:
         d = np.asarray(codes, dtype=np.float64) - self.mean
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+
+class IsolationScores:
+    """An isolation forest (Liu, Ting & Zhou 2008) as plain arrays: scikit-learn fits it, the
+    trees are copied into padded (trees, nodes) arrays, and ``score`` walks them vectorised, so
+    the forest is saved in safetensors beside a detector's model and nothing is unpickled.
+
+    ``score`` is the anomaly score s(x) = 2^(-E[h(x)] / c(psi)) (higher = more abnormal), with
+    h the path length (the depth of x's leaf plus c(leaf size)) and psi the subsample size; it
+    equals ``-IsolationForest.score_samples``.
+    """
+
+    ARRAYS = ("feature", "threshold", "left", "right", "leaf_depth", "subsample")
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = {k: np.asarray(arrays[k]) for k in self.ARRAYS}
+
+    @classmethod
+    def fit(cls, X, seed: int, trees: int = 100) -> "IsolationScores":
+        from sklearn.ensemble import IsolationForest
+
+        # every tree sees all features in their order (max_features=1.0), so its feature
+        # indices are the columns of X
+        forest = IsolationForest(n_estimators=trees, max_features=1.0, random_state=seed).fit(
+            np.asarray(X, dtype=np.float64))
+        nodes = max(e.tree_.node_count for e in forest.estimators_)
+        a = {"feature": np.zeros((trees, nodes), np.int64), "threshold": np.zeros((trees, nodes)),
+             "left": np.full((trees, nodes), -1, np.int64), "right": np.full((trees, nodes), -1, np.int64),
+             "leaf_depth": np.zeros((trees, nodes))}
+        for i, e in enumerate(forest.estimators_):
+            t, n = e.tree_, e.tree_.node_count
+            a["feature"][i, :n], a["threshold"][i, :n] = np.maximum(t.feature, 0), t.threshold
+            a["left"][i, :n], a["right"][i, :n] = t.children_left, t.children_right
+            depth = np.zeros(n)
+            for node in range(n):                           # children come after their parent
+                for child in (t.children_left[node], t.children_right[node]):
+                    if child >= 0:
+                        depth[child] = depth[node] + 1
+            a["leaf_depth"][i, :n] = depth + average_path_length(t.n_node_samples)
+        a["subsample"] = np.array([forest.max_samples_], np.int64)
+        return cls(a)
+
+    def score(self, X) -> np.ndarray:
+        # scikit-learn compares float32 features with float64 thresholds: the same here
+        x = np.asarray(X, dtype=np.float32).astype(np.float64)
+        a, rows = self.arrays, np.arange(len(x))
+        total = np.zeros(len(x))
+        for f, th, left, right, h in zip(a["feature"], a["threshold"], a["left"], a["right"], a["leaf_depth"]):
+            node = np.zeros(len(x), np.int64)
+            inner = left[node] >= 0
+            while inner.any():
+                go_left = x[rows, f[node]] <= th[node]
+                node = np.where(inner, np.where(go_left, left[node], right[node]), node)
+                inner = left[node] >= 0
+            total += h[node]
+        c = average_path_length(np.array([a["subsample"][0]]))[0]
+        return 2.0 ** (-total / len(a["feature"]) / c)
+
+
+def average_path_length(n) -> np.ndarray:
+    """c(n), the mean path length of an unsuccessful binary-search-tree lookup among n points:
+    2 H(n - 1) - 2 (n - 1) / n, with H(i) ~ ln i + Euler's gamma; c(1) = 0, c(2) = 1."""
+    n = np.asarray(n, dtype=np.float64)
+    out = np.where(n <= 1, 0.0, 1.0)
+    big = n > 2
+    m = np.where(big, n, 3.0)
+    return np.where(big, 2.0 * (np.log(m - 1.0) + np.euler_gamma) - 2.0 * (m - 1.0) / m, out)
 
 
 class ScoreCombination:
