@@ -334,8 +334,8 @@ def test_scalings_log_jacobian_is_the_log_derivative_of_the_map(kind):
 def test_likelihood_scores_are_of_the_features_as_given():
     # the same rows in other units: -log p(x) shifts by the constant log of the unit change
     x, _ = blobs(n_out=0)
-    a = VAEOutlierDetector(epochs=2, num_samples=8, scaling="standard", random_state=0).fit(x)
-    b = VAEOutlierDetector(epochs=2, num_samples=8, scaling="standard", random_state=0).fit(10 * x)
+    a = VAEOutlierDetector("nll", epochs=2, num_samples=8, scaling="standard", random_state=0).fit(x)
+    b = VAEOutlierDetector("nll", epochs=2, num_samples=8, scaling="standard", random_state=0).fit(10 * x)
     shift = b.decision_scores_ - a.decision_scores_     # rows' bytes differ, so do their Monte-Carlo draws
     assert abs(shift.mean() - x.shape[1] * np.log(10)) < 0.05 and shift.std() < 0.5
 

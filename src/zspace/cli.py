@@ -395,9 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--label-column", help="CSV column holding labels (left out of the features, and "
                                            "remembered: `detect score` leaves it out too)")
     df.add_argument("--model", default="vae", choices=("vae", "ae"), help="the generative model (default vae)")
-    df.add_argument("--score", default=None, help="vae: nll, elbo, typicality, mahalanobis, reconstruction; "
-                    "ae: reconstruction, mahalanobis; several joined by + are combined (e.g. nll+mahalanobis); "
-                    "default: the detector's")
+    df.add_argument("--score", default=None, help="vae: nll, elbo, typicality, mahalanobis, reconstruction, "
+                    "isolation; ae: reconstruction, mahalanobis, isolation; several joined by + are combined "
+                    "(default: vae nll+isolation, ae reconstruction)")
     df.add_argument("--contamination", type=float, default=0.1, help="share of training rows flagged (0, 0.5]")
     df.add_argument("--latent-dim", type=int, help="default: min(8, features // 2)")
     df.add_argument("--hidden", type=_parse_ints, default=(64, 32), help="MLP widths (default 64,32)")
