@@ -68,6 +68,34 @@ def test_a_cvae_uses_the_importance_sampled_estimate_on_the_same_draws_for_every
         class_log_likelihoods(build_model("vae", dict(input_shape=(1, 4, 4), latent_dim=2, hidden=(8,))), [])
 
 
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_a_per_class_cvae_is_one_vae_per_class(architecture):
+    import dataclasses
+
+    from zspace.models.vae import VAE, VAEConfig
+
+    torch.manual_seed(0)
+    opts = dict(input_shape=(1, 8, 8), latent_dim=2, hidden=(8,), channels=(4, 8), architecture=architecture)
+    model = build_model("cvae", dict(opts, num_classes=3, per_class=True)).eval()
+    assert "one VAE per class" in model.describe()
+    x, y = torch.rand(6, 1, 8, 8).round(), torch.tensor([2, 0, 1, 2, 0, 0])
+    eps = torch.randn(5, 6, 2)
+    mixed = importance_sampled_log_likelihood(model, x, 5, y=y, eps=eps)
+    for c in range(3):        # each class's rows are scored by that class's own VAE, in the input's order
+        plain = VAEConfig(**{f.name: getattr(model.config, f.name) for f in dataclasses.fields(VAEConfig)})
+        alone = VAE(plain, encoder=model.encoder.nets[c], decoder=model.decoder.nets[c]).eval()
+        rows = (y == c).nonzero()[:, 0]
+        want = importance_sampled_log_likelihood(alone, x[rows], 5, eps=eps[:, rows])
+        assert torch.allclose(mixed[rows], want, atol=1e-5)
+    before = importance_sampled_log_likelihood(model, x, 5, y=torch.zeros(6, dtype=torch.long), eps=eps)
+    with torch.no_grad():
+        for p in model.decoder.nets[1].parameters():
+            p.add_(1.0)
+    assert torch.equal(importance_sampled_log_likelihood(model, x, 5, y=torch.zeros(6, dtype=torch.long), eps=eps), before)
+    with pytest.raises(ConfigError, match="per_class"):
+        build_model("cvae", dict(opts, num_classes=3, per_class="yes"))
+
+
 def test_a_gated_pixelcnn_gives_its_exact_log_likelihood_for_every_class():
     torch.manual_seed(0)
     model = build_model("gated-pixelcnn", dict(input_shape=(1, 4, 4), channels=8, residual_blocks=1, head_channels=8,

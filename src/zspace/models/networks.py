@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError
@@ -74,3 +75,26 @@ def build_spatial_decoder(cfg, in_channels: int, params_per_dim: int = 1) -> nn.
     shape = cfg.input_shape
     return ResNetDecoder(in_channels, cfg.channels, (params_per_dim * shape[0], *shape[1:]), spatial=True,
                          **_resnet_options(cfg))
+
+
+class ClassRouted(nn.Module):
+    """One network per class behind one interface: the input carries its one-hot label in its
+    last ``num_classes`` features (or channel planes, ``planes=True``); each row goes through
+    its class's network without the label, and the outputs come back in the input's order.
+    A conditional VAE built from these is one VAE per class (p(x | y) = VAE_y(x))."""
+
+    def __init__(self, nets, num_classes: int, planes: bool = False):
+        super().__init__()
+        if len(nets) != num_classes:
+            raise ValueError("one network per class")
+        self.nets, self.num_classes, self.planes = nn.ModuleList(nets), num_classes, planes
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        k = self.num_classes
+        x, onehot = inp[:, :-k], (inp[:, -k:, 0, 0] if self.planes else inp[:, -k:])
+        idx = onehot.argmax(1)
+        order = torch.argsort(idx, stable=True)
+        counts = torch.bincount(idx, minlength=k).tolist()
+        parts = x[order].split(counts)
+        out = torch.cat([self.nets[c](part) for c, part in enumerate(parts) if len(part)])
+        return out[torch.argsort(order)]

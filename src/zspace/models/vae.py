@@ -27,7 +27,7 @@ from ..errors import ConfigError, DataError
 from .base import (Losses, Model, ModelConfig, check_labelled_data, check_positive, check_positive_int,
                    checked_labels, register)
 from .capabilities import ImportanceSampledLikelihood, Reconstructs, SamplesFromPrior
-from .networks import IMAGE_ARCHITECTURES, build_decoder, build_encoder, check_architecture
+from .networks import IMAGE_ARCHITECTURES, ClassRouted, build_decoder, build_encoder, check_architecture
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,13 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
         enc_cfg = config if not k else config.replace(
             input_shape=(shape[0] + k, *shape[1:]) if config.architecture in IMAGE_ARCHITECTURES else (math.prod(shape) + k,))
         dec_cfg = config if not k else config.replace(latent_dim=config.latent_dim + k)
+        if k and getattr(config, "per_class", False):    # one VAE per class behind the same interface
+            planes = config.architecture in IMAGE_ARCHITECTURES
+            enc_cfg = dec_cfg = None
+            encoder = encoder if encoder is not None else ClassRouted(
+                [build_encoder(config, 2 * config.latent_dim) for _ in range(k)], k, planes=planes)
+            decoder = decoder if decoder is not None else ClassRouted(
+                [build_decoder(config, self.likelihood.params_per_dim) for _ in range(k)], k)
         self.encoder = encoder if encoder is not None else build_encoder(enc_cfg, 2 * config.latent_dim)
         self.decoder = decoder if decoder is not None else build_decoder(
             dec_cfg, self.likelihood.params_per_dim)
@@ -125,6 +132,8 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
             obj = f"β-TCVAE β={c.tc_weight:g}"
         if self.num_classes:
             obj = f"C{obj} ({self.num_classes} classes)" if obj == "VAE" else f"conditional {obj} ({self.num_classes} classes)"
+            if getattr(c, "per_class", False):
+                obj += ", one VAE per class"
         lik = f"logistic mixture K={c.mixtures}" if c.likelihood == "logistic" and c.mixtures > 1 else c.likelihood
         return f"{obj}, {c.architecture}, z={c.latent_dim}, {lik}"
 
@@ -252,10 +261,13 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
 @dataclass(frozen=True)
 class CVAEConfig(VAEConfig):
     num_classes: int = 10                # labels 0..num_classes-1, given one-hot to encoder and decoder
+    per_class: bool = False              # one encoder and decoder per class (a VAE per class) instead of a one-hot input
 
     def __post_init__(self):
         super().__post_init__()
         check_positive_int("num_classes", self.num_classes, minimum=2)
+        if not isinstance(self.per_class, bool):
+            raise ConfigError(f"per_class must be true or false, got {self.per_class!r}")
 
 
 @register
