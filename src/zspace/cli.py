@@ -175,7 +175,7 @@ def _add_compute_flags(p: argparse.ArgumentParser, progress: bool = True) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compare import VARIANTS
+    from .compare import COMPARE_EPOCHS, COMPARE_TRAIN_LIMIT, FULL_SETTING, VARIANTS
     from .data.corruptions import CORRUPTIONS
     from .data.sources import NAMED_DATASETS
     from .scorecard import SCORECARD_N
@@ -295,16 +295,24 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("-n", type=int, default=8, help="examples shown in the .png (default 8)")
     _add_compute_flags(dn)
 
-    cp = sub.add_parser("compare", help="autoencoder variants and PCA side by side at one code size")
+    cp = sub.add_parser("compare", help="autoencoder variants and PCA side by side at one code size",
+                        description="Train each autoencoder variant (PCA is fitted) and measure it on the test "
+                                    f"split. The defaults ({COMPARE_EPOCHS} epochs on the first {COMPARE_TRAIN_LIMIT} "
+                                    f"training examples) finish in minutes on a CPU; {FULL_SETTING} is the full "
+                                    "setting of benchmarks/autoencoders.py (the whole training split, tens of "
+                                    "minutes on a CPU).")
     cp.add_argument("--data", default="mnist", help="a named set or a labelled file (default mnist)")
     cp.add_argument("--variants", default="pca,linear,basic,conv,denoising,dropout,sparse-l1,sparse-kl",
                     help="comma-separated, from: " + ", ".join(VARIANTS) + " (default: %(default)s)")
     cp.add_argument("--code-size", type=int, default=32, help="code (latent) size of every variant (default 32)")
-    cp.add_argument("--epochs", type=int, default=10, help="training epochs per autoencoder (default 10)")
+    cp.add_argument("--epochs", type=int, default=COMPARE_EPOCHS,
+                    help=f"training epochs per autoencoder (default {COMPARE_EPOCHS}; 10 in the full setting)")
     cp.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
     cp.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
     cp.add_argument("--noise-levels", default="0.1,0.3,0.5", help="Gaussian noise stds of the denoising test")
-    cp.add_argument("--train-limit", type=int, help="train on the first N training examples only")
+    cp.add_argument("--train-limit", type=int, default=COMPARE_TRAIN_LIMIT, metavar="N",
+                    help=f"train on the first N training examples (default {COMPARE_TRAIN_LIMIT}, minutes on a CPU; "
+                         "0 for the whole training split)")
     cp.add_argument("--seed", type=int, default=0, help="seed of every variant (default 0)")
     cp.add_argument("--out", type=Path, required=True, help="folder for comparison.md/.csv and figures")
     _add_compute_flags(cp)
@@ -831,17 +839,24 @@ def cmd_denoise(a) -> None:
 
 
 def cmd_compare(a) -> None:
-    from .compare import compare
+    from .compare import FULL_SETTING, compare
 
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
     if a.code_size < 1 or a.epochs < 1:
         raise ConfigError("--code-size and --epochs must be >= 1")
     if not variants:
         raise ConfigError("--variants names none; give pca and/or autoencoder presets, comma-separated")
-    _check_counts(a, "train_limit", "batch_size")
+    _check_counts(a, "batch_size")
+    if a.train_limit < 0:
+        raise ConfigError(f"--train-limit must be >= 0 (0: the whole training split), got {a.train_limit}")
+    subset = (f"at most the first {a.train_limit} training examples" if a.train_limit
+              else "the whole training split")
+    full = a.train_limit == 0 and a.epochs >= 10
+    print(f"compare: {len(variants)} variant(s), {a.epochs} epochs each, on {subset} of {a.data}"
+          + ("" if full else f" ({FULL_SETTING} for the full setting, tens of minutes on a CPU)"), flush=True)
     compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
             noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,
-            lr=a.lr, seed=a.seed, train_limit=a.train_limit, device=a.device)
+            lr=a.lr, seed=a.seed, train_limit=a.train_limit or None, device=a.device)
     print((a.out / "comparison.md").read_text().rstrip())
     print(f"comparison: {a.out / 'comparison.md'} (also comparison.csv, reconstructions.png, denoising.png)")
 

@@ -33,6 +33,12 @@ from .training import TrainConfig, train
 from .core.io import write_text_atomic
 
 VARIANTS = ("pca", *PRESETS)
+# `zspace compare`'s defaults: the eight default variants, 5 epochs on the first 10,000 MNIST training
+# images, finish in about 3 minutes on a shared 2-thread CPU (10 epochs took 5.4; benchmarks/cli_defaults.py).
+# The full setting, --epochs 10 --train-limit 0 (benchmarks/autoencoders.py's), takes tens of minutes here:
+# 12x the steps, and the linear probe fitted on 60,000 codes. The library's compare() keeps the full setting.
+COMPARE_TRAIN_LIMIT, COMPARE_EPOCHS = 10_000, 5
+FULL_SETTING = "--epochs 10 --train-limit 0"
 
 
 @dataclass
