@@ -34,7 +34,8 @@ from .core.io import write_text_atomic
 
 VARIANTS = ("pca", *PRESETS)
 # `zspace compare`'s defaults: the eight default variants, 5 epochs on the first 10,000 MNIST training
-# images, finish in about 3 minutes on a shared 2-thread CPU (10 epochs took 5.4; benchmarks/cli_defaults.py).
+# images, finish in 1.2 min on a 2-thread CPU (benchmarks/cli_defaults.py), 2.8 min while other jobs
+# shared it (10 epochs took 5.4 min then).
 # The full setting, --epochs 10 --train-limit 0 (benchmarks/autoencoders.py's), takes tens of minutes here:
 # 12x the steps, and the linear probe fitted on 60,000 codes. The library's compare() keeps the full setting.
 COMPARE_TRAIN_LIMIT, COMPARE_EPOCHS = 10_000, 5
