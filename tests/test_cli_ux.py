@@ -278,6 +278,20 @@ def test_compare_prints_a_table_not_reprs(tmp_path, capsys):
     assert code == 0 and "VariantResult(" not in out + err
     assert "| variant | test MSE/pixel |" in out and "| linear (" in out
     assert "linear: test MSE/pixel" in err     # one readable progress line per variant
+    assert out.startswith("compare: 2 variant(s), 1 epochs each, on at most the first 10000 training examples")
+    assert "--epochs 10 --train-limit 0 for the full setting" in out.splitlines()[0]   # one flag away
+
+
+def test_compare_train_limit_zero_is_the_whole_split_and_a_negative_one_is_refused(tmp_path, capsys):
+    for limit, images in ((0, 1438), (300, 300)):
+        code, out, err = run_cli(capsys, "compare", "--data", "digits", "--variants", "pca", "--code-size", 4,
+                                 "--train-limit", limit, "--out", tmp_path / str(limit))
+        assert code == 0, err
+        assert f"Training split: {images} images" in (tmp_path / str(limit) / "comparison.md").read_text()
+    assert "the whole training split" in run_cli(capsys, "compare", "--data", "digits", "--variants", "pca",
+                                                 "--code-size", 4, "--train-limit", 0, "--out", tmp_path / "z")[1]
+    code, _, err = run_cli(capsys, "compare", "--train-limit", -1, "--out", tmp_path / "n")
+    assert code == 2 and "--train-limit must be >= 0" in err and not (tmp_path / "n").exists()
 
 
 def test_kid_error_bars_below_a_thousand_samples():

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from zspace.data.shards import ShardStore
 from zspace.errors import ConfigError
 from zspace.sae import LanguageModel, Llama2cTokenizer, harvest, replace_output
 from zspace.sae.browser import HIST_EDGES, feature_summaries, write_browser
@@ -321,3 +322,22 @@ def test_cli_browse_and_steer(stories_run, capsys, monkeypatch):
             run_steer(_parse(["steer", str(stories_run / "sae"), "--prompt", "once", *argv]))
     with pytest.raises(ConfigError, match="html"):
         run_browse(_parse(["browse", str(stories_run / "sae"), "--out", str(stories_run / "p.txt")]))
+
+
+def test_sae_verbs_on_cpu_give_the_default_numbers(stories_run, capsys, monkeypatch):
+    from zspace.cli import main
+
+    monkeypatch.setenv("ZSPACE_DATA", str(SHARED))
+    run = stories_run / "sae"
+    results = []
+    for extra, name in (([], "a"), (["--device", "cpu"], "b")):
+        assert main(["sae", "eval", str(run), "--corpus", str(TEXT), "--fidelity-tokens", "300", "--limit", "200",
+                     "--json", str(stories_run / f"eval-{name}.json"), *extra]) == 0
+        results.append(json.loads((stories_run / f"eval-{name}.json").read_text()))
+        assert main(["sae", "harvest", "--model", str(STORIES), "--hook", "resid_post.1", "--corpus", str(TEXT),
+                     "--context", "32", "--max-tokens", "200", "--no-progress", "--out",
+                     str(stories_run / f"acts-{name}"), *extra]) == 0
+    assert results[0] == results[1] and "ce_loss_recovered" in json.dumps(results[0])
+    a, b = (ShardStore(stories_run / f"acts-{n}") for n in "ab")
+    assert len(a) == len(b) == 200 and np.array_equal(a.read(np.arange(200)), b.read(np.arange(200)))
+    capsys.readouterr()

@@ -164,18 +164,18 @@ def _add_image_flags(p: argparse.ArgumentParser, channels_flag: str = "--channel
                    help="images: leave out files that do not decode (counted) instead of stopping")
 
 
-def _add_compute_flags(p: argparse.ArgumentParser, device: bool = True, progress: bool = True) -> None:
+def _add_compute_flags(p: argparse.ArgumentParser, progress: bool = True) -> None:
     """--device, --threads and --no-progress: on every verb that computes."""
     g = p.add_argument_group("compute")
-    if device:
-        g.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    g.add_argument("--device", default="cpu", help="where the models run: cpu, cuda or cuda:N (default cpu; "
+                   "checked against this machine)")
     g.add_argument("--threads", type=int, help="torch threads (default: min(cores, 4))")
     if progress:
         g.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .compare import VARIANTS
+    from .compare import COMPARE_EPOCHS, COMPARE_TRAIN_LIMIT, FULL_SETTING, VARIANTS
     from .data.corruptions import CORRUPTIONS
     from .data.sources import NAMED_DATASETS
     from .scorecard import SCORECARD_N
@@ -295,19 +295,27 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("-n", type=int, default=8, help="examples shown in the .png (default 8)")
     _add_compute_flags(dn)
 
-    cp = sub.add_parser("compare", help="autoencoder variants and PCA side by side at one code size")
+    cp = sub.add_parser("compare", help="autoencoder variants and PCA side by side at one code size",
+                        description="Train each autoencoder variant (PCA is fitted) and measure it on the test "
+                                    f"split. The defaults ({COMPARE_EPOCHS} epochs on the first {COMPARE_TRAIN_LIMIT} "
+                                    f"training examples) finish in minutes on a CPU; {FULL_SETTING} is the full "
+                                    "setting of benchmarks/autoencoders.py (the whole training split, tens of "
+                                    "minutes on a CPU).")
     cp.add_argument("--data", default="mnist", help="a named set or a labelled file (default mnist)")
     cp.add_argument("--variants", default="pca,linear,basic,conv,denoising,dropout,sparse-l1,sparse-kl",
                     help="comma-separated, from: " + ", ".join(VARIANTS) + " (default: %(default)s)")
     cp.add_argument("--code-size", type=int, default=32, help="code (latent) size of every variant (default 32)")
-    cp.add_argument("--epochs", type=int, default=10, help="training epochs per autoencoder (default 10)")
+    cp.add_argument("--epochs", type=int, default=COMPARE_EPOCHS,
+                    help=f"training epochs per autoencoder (default {COMPARE_EPOCHS}; 10 in the full setting)")
     cp.add_argument("--batch-size", type=int, default=128, help="training batch size (default 128)")
     cp.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 0.001)")
     cp.add_argument("--noise-levels", default="0.1,0.3,0.5", help="Gaussian noise stds of the denoising test")
-    cp.add_argument("--train-limit", type=int, help="train on the first N training examples only")
+    cp.add_argument("--train-limit", type=int, default=COMPARE_TRAIN_LIMIT, metavar="N",
+                    help=f"train on the first N training examples (default {COMPARE_TRAIN_LIMIT}, minutes on a CPU; "
+                         "0 for the whole training split)")
     cp.add_argument("--seed", type=int, default=0, help="seed of every variant (default 0)")
     cp.add_argument("--out", type=Path, required=True, help="folder for comparison.md/.csv and figures")
-    _add_compute_flags(cp, device=False)
+    _add_compute_flags(cp)
 
     sc = sub.add_parser("scorecard", help="the lectures' table of criteria, measured, for several runs")
     sc.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run folders trained on one data set")
@@ -317,14 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--extractor", help="shipped feature extractor (mnist, fashion-mnist; default: the runs' data)")
     sc.add_argument("--seed", type=int, default=0, help="seed of samples and subsets (default 0)")
     sc.add_argument("--out", type=Path, required=True, help="folder for scorecard.md and scorecard.html")
-    _add_compute_flags(sc, device=False)
+    _add_compute_flags(sc)
 
     rp = sub.add_parser("report", help="one self-contained HTML page: config, metrics, figures; "
                         "several runs: a side-by-side comparison")
     rp.add_argument("run", type=Path, nargs="+", metavar="RUN", help="a run folder, or several to compare")
     rp.add_argument("--out", type=Path, help="default RUN/report.html for one run; required for several")
     rp.add_argument("--seed", type=int, default=0, help="seed of the samples drawn (default 0)")
-    _add_compute_flags(rp, device=False)
+    _add_compute_flags(rp)
 
     ru = sub.add_parser("runs", help="list the runs under a folder: model, data, progress, key metrics, status",
                         description="Every run folder under DIR (finished, interrupted and resumable, not "
@@ -341,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("run", type=Path, help="the run folder")
         if figure:
             e.add_argument("--out", type=Path, help=f".png figure (default RUN/explore-{name}.png)")
-        _add_compute_flags(e, device=False)
+        _add_compute_flags(e)
         return e
 
     e = explore_parser("traverse", "decode one latent dimension swept while the others stay fixed")
@@ -409,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default: the detector's (power, i.e. Yeo-Johnson, for vae; standard for ae)")
     df.add_argument("--seed", type=int, default=0, help="seed of the fit (default 0)")
     df.add_argument("--out", type=Path, required=True, help="detector folder to write")
-    _add_compute_flags(df, device=False)
+    _add_compute_flags(df)
     ds = dkinds.add_parser("score", help="score rows with a fitted detector; CSV out (higher = more abnormal)")
     ds.add_argument("detector", type=Path, help="the detector folder (from detect fit)")
     ds.add_argument("--data", required=True, help="rows with the columns the detector was fitted on")
@@ -417,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--label-column", help="CSV column holding labels (reported, and AUROC if they are 0/1; "
                                            "default: the one given at fit, when the file has it)")
     ds.add_argument("--out", type=Path, required=True, help=".csv: row, score, outlier (0/1)[, label]")
-    _add_compute_flags(ds, device=False)
+    _add_compute_flags(ds)
 
     da = sub.add_parser("data", help="inspect a data source, or pack it into shard stores")
     dkind = da.add_subparsers(dest="kind", required=True, parser_class=_Parser)
@@ -459,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--keep-special", action="store_true", help="also store BOS/CLS/SEP positions")
     h.add_argument("--resume", action="store_true", help="continue an interrupted harvest into --out")
     h.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    _add_compute_flags(h, device=False, progress=False)
+    _add_compute_flags(h, progress=False)
     t = skind.add_parser("train", help="train a sparse autoencoder on a harvested store")
     t.add_argument("store", type=Path, help="shard store of activations")
     t.add_argument("--out", required=True, type=Path, help="run folder to create")
@@ -481,19 +489,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fidelity-tokens", type=int, default=20_000,
                    help="tokens the splice fidelity is measured on (default 20000)")
     e.add_argument("--json", type=Path, help="also write the results here")
-    _add_compute_flags(e, device=False)
+    _add_compute_flags(e)
     from .sae.cli_parts import add_browse_steer_parsers
 
     add_browse_steer_parsers(skind)
-    _add_compute_flags(skind.choices["browse"], device=False, progress=False)
-    _add_compute_flags(skind.choices["steer"], device=False)
+    _add_compute_flags(skind.choices["browse"], progress=False)
+    _add_compute_flags(skind.choices["steer"])
 
     de = sub.add_parser("demo", help="train a VAE on Fashion-MNIST, evaluate it, write figures")
     de.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder (default runs/demo)")
     de.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
     de.add_argument("--nll-samples", type=int, default=500, help="importance samples of the evaluation (default 500)")
     de.add_argument("--data", default="fashion-mnist", help="a named set (default fashion-mnist)")
-    _add_compute_flags(de, device=False)
+    _add_compute_flags(de)
     _add_classify_parser(sub)
     return p
 
@@ -831,17 +839,24 @@ def cmd_denoise(a) -> None:
 
 
 def cmd_compare(a) -> None:
-    from .compare import compare
+    from .compare import FULL_SETTING, compare
 
     variants = tuple(v.strip() for v in a.variants.split(",") if v.strip())
     if a.code_size < 1 or a.epochs < 1:
         raise ConfigError("--code-size and --epochs must be >= 1")
     if not variants:
         raise ConfigError("--variants names none; give pca and/or autoencoder presets, comma-separated")
-    _check_counts(a, "train_limit", "batch_size")
+    _check_counts(a, "batch_size")
+    if a.train_limit < 0:
+        raise ConfigError(f"--train-limit must be >= 0 (0: the whole training split), got {a.train_limit}")
+    subset = (f"at most the first {a.train_limit} training examples" if a.train_limit
+              else "the whole training split")
+    full = a.train_limit == 0 and a.epochs >= 10
+    print(f"compare: {len(variants)} variant(s), {a.epochs} epochs each, on {subset} of {a.data}"
+          + ("" if full else f" ({FULL_SETTING} for the full setting, tens of minutes on a CPU)"), flush=True)
     compare(a.data, variants, code_size=a.code_size, epochs=a.epochs, out=a.out,
             noise_levels=_parse_floats(a.noise_levels, "--noise-levels"), batch_size=a.batch_size,
-            lr=a.lr, seed=a.seed, train_limit=a.train_limit)
+            lr=a.lr, seed=a.seed, train_limit=a.train_limit or None, device=a.device)
     print((a.out / "comparison.md").read_text().rstrip())
     print(f"comparison: {a.out / 'comparison.md'} (also comparison.csv, reconstructions.png, denoising.png)")
 
@@ -852,7 +867,7 @@ def cmd_scorecard(a) -> None:
 
     if a.n < 2:
         raise ConfigError(f"-n must be >= 2, got {a.n}")
-    card = scorecard(a.runs, n=a.n, seed=a.seed, extractor=a.extractor)
+    card = scorecard(a.runs, n=a.n, seed=a.seed, extractor=a.extractor, device=a.device)
     write_text_atomic(a.out / "scorecard.md", card.markdown())
     write_text_atomic(a.out / "scorecard.html", card.html())
     print(card.markdown())
@@ -862,7 +877,7 @@ def cmd_scorecard(a) -> None:
 def cmd_report(a) -> None:
     from .report import report
 
-    print(f"{'report' if len(a.run) == 1 else 'comparison'}: {report(a.run, a.out, seed=a.seed)}")
+    print(f"{'report' if len(a.run) == 1 else 'comparison'}: {report(a.run, a.out, seed=a.seed, device=a.device)}")
 
 
 def cmd_explore(a) -> None:
@@ -927,7 +942,7 @@ def cmd_detect(a) -> None:
         images = detector_rows(a.data, a.split, a.label_column)[0][:a.limit] if a.data else None
         det = fit_run_detector(a.run, images, background_dir=a.background, limit=a.limit,
                                score_type=a.score or "combined", num_samples=a.num_samples,
-                               contamination=a.contamination, seed=a.seed)
+                               contamination=a.contamination, seed=a.seed, device=a.device)
         save_detector(det, a.out)
         print(f"image detector: {det.describe()}; fitted on {len(det.decision_scores_)} images; "
               f"threshold {det.threshold_:.4g} flags {det.labels_.mean():.1%} of them")
@@ -944,7 +959,7 @@ def cmd_detect(a) -> None:
         cls = VAEOutlierDetector if a.model == "vae" else AutoencoderOutlierDetector
         det = cls(**{k: v for k, v in given.items() if v is not None}, latent_dim=a.latent_dim, hidden=a.hidden,
                   batch_size=a.batch_size, lr=a.lr, num_samples=a.num_samples, contamination=a.contamination,
-                  random_state=a.seed, threads=a.threads)
+                  random_state=a.seed, threads=a.threads, device=a.device)
         det.fit(x)
         save_detector(det, a.out, label_column=a.label_column)
         score = det.score_type if isinstance(det.score_type, str) else "+".join(det.score_type)
@@ -956,7 +971,7 @@ def cmd_detect(a) -> None:
     from .core.io import write_text_atomic
     from .tasks import score_rows
 
-    det = load_detector(a.detector)
+    det = load_detector(a.detector, device=a.device)
     x, y = detector_rows(a.data, a.split, a.label_column, detector=det)
     rows = score_rows(det, x, y)
     write_text_atomic(a.out, rows.csv(y))
@@ -970,7 +985,7 @@ def cmd_detect(a) -> None:
 def cmd_demo(a) -> None:
     from .demo import run_demo
 
-    run_demo(a.out, epochs=a.epochs, nll_samples=a.nll_samples, data=a.data)
+    run_demo(a.out, epochs=a.epochs, nll_samples=a.nll_samples, data=a.data, device=a.device)
 
 
 def cmd_data(a) -> None:
@@ -1009,7 +1024,7 @@ def cmd_sae(a) -> None:
     from . import sae
 
     if a.sae_command == "harvest":
-        lm = sae.load_language_model(a.model)
+        lm = sae.load_language_model(a.model, device=a.device)
         store = sae.harvest(lm, a.hook, a.corpus, a.out, context=a.context, batch_size=a.batch_size,
                             max_tokens=a.max_tokens, dtype=a.dtype, exclude_special=not a.keep_special,
                             progress=not a.no_progress, resume=a.resume)
@@ -1039,8 +1054,9 @@ def cmd_sae(a) -> None:
         return
     if a.sae_command == "eval":
         texts = sae.read_corpus(a.corpus) if a.corpus else None
-        lm = sae.load_language_model(a.model) if a.model else None
-        ev = sae.evaluate_sae(a.run, lm=lm, texts=texts, limit=a.limit, fidelity_tokens=a.fidelity_tokens)
+        lm = sae.load_language_model(a.model, device=a.device) if a.model else None
+        ev = sae.evaluate_sae(a.run, lm=lm, texts=texts, limit=a.limit, fidelity_tokens=a.fidelity_tokens,
+                              device=a.device)
         print(f"{ev.tokens} held-out tokens: FVU {ev.fvu:.4f}, L0 {ev.l0:.2f}, dead {100 * ev.dead_fraction:.2f}% "
               f"(no firing in {ev.tokens} tokens)")
         for k, v in ev.fidelity.items():

@@ -10,11 +10,16 @@ from .training import TrainConfig, train
 
 
 def run_demo(out: str | Path = "runs/demo", epochs: int = 30, nll_samples: int = 500,
-             data: str = "fashion-mnist") -> Path:
+             data: str = "fashion-mnist", device: str = "cpu") -> Path:
+    """Trains, evaluates and reports on ``device`` (cpu, cuda, cuda:N)."""
+    from .core.compute import resolve_device
+
+    device = str(resolve_device(device))      # a GPU this machine lacks: one line, before any work
     out = Path(out)
     start = time.perf_counter()
     print(f"zspace demo: training a VAE on {data} for {epochs} epochs into {out}", flush=True)
-    config = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, lr_schedule="cosine", eval_limit=2000)
+    config = TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, lr_schedule="cosine", eval_limit=2000,
+                         device=device)
     # an earlier demo's run is replaced; a folder of other files is refused, not cleared
     run = train("vae", data, out=out, config=config, overwrite=(out / "checkpoints" / "latest").is_file(),
                 latent_dim=32, hidden=(512, 256), activation="elu")

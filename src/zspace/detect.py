@@ -45,7 +45,7 @@ from sklearn.base import BaseEstimator
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from .core.compute import small_fit_threads
+from .core.compute import resolve_device, small_fit_threads
 from .core.progress import Progress, is_enabled
 from .data.dataset import ArrayData
 from .data.transforms import Preprocessing
@@ -81,7 +81,7 @@ class GenerativeOutlierDetector(BaseEstimator):
 
     def __init__(self, model="vae", score_type="nll", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
-                 contamination=0.1, random_state=None, threads=None):
+                 contamination=0.1, random_state=None, threads=None, device="cpu"):
         self.model = model
         self.score_type = score_type
         self.latent_dim = latent_dim
@@ -95,6 +95,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         self.contamination = contamination
         self.random_state = random_state
         self.threads = threads   # torch threads of the fit (None: one for small data, else min(cores, 4))
+        self.device = device     # where the model trains and scores: cpu, cuda or cuda:N
 
     # ---- parameters ------------------------------------------------------------------------
     def _check_params(self, n_features: int) -> int:
@@ -123,6 +124,7 @@ class GenerativeOutlierDetector(BaseEstimator):
             raise ConfigError(f"contamination must lie in (0, 0.5], got {c!r}")
         if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise ConfigError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
+        resolve_device(self.device)    # a name torch knows, on hardware this machine has
         d = self.latent_dim if self.latent_dim is not None else max(1, min(8, n_features // 2))
         return d
 
@@ -145,7 +147,7 @@ class GenerativeOutlierDetector(BaseEstimator):
         self.seed_ = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
         self.epochs_ = auto_epochs(len(X), self.batch_size) if self.epochs == "auto" else self.epochs
         config = TrainConfig(epochs=self.epochs_, batch_size=min(self.batch_size, len(X)), lr=self.lr,
-                             seed=self.seed_, threads=small_fit_threads(X.size, self.threads))
+                             seed=self.seed_, threads=small_fit_threads(X.size, self.threads), device=str(self.device))
         with seeded(self.seed_):
             model = build_model(self.model, self._model_options(X.shape[1], latent_dim), copies=4)
             Trainer(model, ArrayData.from_arrays(xs), None, Preprocessing("none"), config,
@@ -231,39 +233,43 @@ class GenerativeOutlierDetector(BaseEstimator):
         return self.scaler_._map(np.asarray(X, dtype=np.float64))
 
     def _scorer(self):
+        """The float64 copy of the model, on ``device`` (rows are moved there, scores come back)."""
+        dev = resolve_device(self.device)
         cached = getattr(self, "_model64", None)
-        if cached is None or cached[0] is not self.model_:
-            cached = (self.model_, copy.deepcopy(self.model_).double().eval())
+        if cached is None or cached[0] is not self.model_ or cached[2] != dev:
+            cached = (self.model_, copy.deepcopy(self.model_).double().to(dev).eval(), dev)
             self._model64 = cached
         return cached[1]
 
     @torch.no_grad()
     def _codes(self, xs: np.ndarray) -> np.ndarray:
         model = self._scorer()
-        return np.concatenate([model.embed(torch.from_numpy(b)).numpy() for b in _chunks(xs, 4096)])
+        dev = next(model.parameters()).device
+        return np.concatenate([model.embed(torch.from_numpy(b).to(dev)).cpu().numpy() for b in _chunks(xs, 4096)])
 
     @torch.no_grad()
     def _raw_scores(self, X: np.ndarray, score: str) -> np.ndarray:
         out = []
         model = self._scorer()
+        dev = next(model.parameters()).device
         bar = Progress(len(X), f"detect: {score} scores", "rows")   # shown by the CLI (core.progress)
         for b in _chunks(X, 1024):
             bar.update(len(b))
-            x = torch.from_numpy(self._scale64(b))
+            x = torch.from_numpy(self._scale64(b)).to(dev)
             if score == "reconstruction":
-                out.append(((model.reconstruct(x) - x) ** 2).mean(1).numpy())
+                out.append(((model.reconstruct(x) - x) ** 2).mean(1).cpu().numpy())
                 continue
             q = model.encode(x)
             # -log p(x) of the features as given: the scaled features' NLL minus log|dT/dx|
             jacobian = self.scaler_.log_jacobian(b)
             if score == "elbo":      # one posterior sample, closed-form KL
-                z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0].double()
-                out.append((q.kl_standard_normal() - model.decode(z).log_prob(x)).numpy() - jacobian)
+                z = q.mean + q.std * _row_noise(b, 1, q.mean.shape[1], self.seed_)[0].double().to(dev)
+                out.append((q.kl_standard_normal() - model.decode(z).log_prob(x)).cpu().numpy() - jacobian)
                 continue
             k = self.num_samples
-            eps = _row_noise(b, k, q.mean.shape[1], self.seed_).double()                 # (k, B, D)
+            eps = _row_noise(b, k, q.mean.shape[1], self.seed_).double().to(dev)         # (k, B, D), drawn on the CPU
             ll = importance_sampled_log_likelihood(model, x, k, eps=eps, posterior=q)
-            out.append(-ll.numpy() - jacobian)
+            out.append(-ll.cpu().numpy() - jacobian)
         bar.close()
         return np.concatenate(out)
 
@@ -275,7 +281,7 @@ class AutoencoderOutlierDetector(GenerativeOutlierDetector):
 
     def __init__(self, score_type="reconstruction", *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="standard",
-                 contamination=0.1, random_state=None, threads=None):
+                 contamination=0.1, random_state=None, threads=None, device="cpu"):
         _store(self, locals())
 
 
@@ -289,7 +295,7 @@ class VAEOutlierDetector(GenerativeOutlierDetector):
 
     def __init__(self, score_type=("nll", "isolation"), *, latent_dim=None, hidden=(64, 32), activation="relu",
                  epochs=20, batch_size=128, lr=1e-3, num_samples=64, scaling="power",
-                 contamination=0.1, random_state=None, threads=None):
+                 contamination=0.1, random_state=None, threads=None, device="cpu"):
         _store(self, locals())
 
 
@@ -360,7 +366,7 @@ def write_detector_folder(path, meta: dict, models: dict, arrays: dict) -> Path:
 
     def fill(tmp: Path) -> None:
         for name, model in models.items():
-            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                       str(tmp / f"{name}.safetensors"))
         save_file(tensors, str(tmp / "fitted.safetensors"))
         (tmp / DETECTOR_FILE).write_text(json.dumps(meta, indent=2) + "\n")
@@ -395,8 +401,9 @@ def save_detector(det, path, label_column=None) -> Path:
     return write_detector_folder(path, meta, {"model": det.model_}, arrays)
 
 
-def load_detector(path):
-    """A detector (tabular or image) saved by :func:`save_detector`, ready to score (nothing is executed)."""
+def load_detector(path, device: str = "cpu"):
+    """A detector (tabular or image) saved by :func:`save_detector`, ready to score on ``device``
+    (cpu, cuda, cuda:N; whatever device it was fitted on), nothing executed."""
     import json
 
     from .errors import CheckpointError
@@ -411,10 +418,12 @@ def load_detector(path):
     if isinstance(meta, dict) and meta.get("class") == "ImageOutlierDetector":
         from .image_detect import load_image_detector
 
-        return load_image_detector(path, meta)
+        return load_image_detector(path, meta, device=device)
+    resolve_device(device)
     try:
         cls = _CLASSES[meta["class"]]
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+        params["device"] = str(device)     # the saved one says where it was fitted; it scores where asked
         det = cls(**params)
         det.model_ = build_model(meta["model"]["name"], meta["model"]["config"]).eval()
     except FileNotFoundError:
@@ -423,6 +432,7 @@ def load_detector(path):
         raise CheckpointError(f"{path / DETECTOR_FILE}: damaged or not a zspace detector ({e})") from None
     _check_saved_detector(det, meta, path)
     load_weights(det.model_, path / "model.safetensors")
+    det.model_.to(resolve_device(device))
     arrays = load_tensors(path / "fitted.safetensors")
     _check_fitted_arrays(det.scaling, arrays, meta["n_features"], path / "fitted.safetensors")
     det.n_features_in_, det.seed_, det.threshold_ = meta["n_features"], meta.get("seed"), meta["threshold"]

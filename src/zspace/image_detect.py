@@ -146,7 +146,8 @@ class ImageOutlierDetector:
         if "complexity" in need:
             out["png_bits"] = O.png_bits(x)
         if "mahalanobis" in need:
-            out["codes"] = collect(self.model, loader.epoch(0), lambda m, b, y: m.embed(b))
+            out["codes"] = collect(self.model, loader.epoch(0), lambda m, b, y: m.embed(b),
+                                   device=next(self.model.parameters()).device)
         return out
 
     def _nll(self, model, loader) -> np.ndarray:
@@ -210,13 +211,16 @@ class ImageOutlierDetector:
                 + (f" ({', '.join(self.members)})" if self.score_type == "combined" else ""))
 
 
-def fit_run_detector(run_dir, images=None, *, background_dir=None, limit: int = 10000, **options):
+def fit_run_detector(run_dir, images=None, *, background_dir=None, limit: int = 10000, device: str = "cpu",
+                     **options):
     """A detector on the run at ``run_dir``, fitted on ``images`` (default: up to ``limit`` of the
-    run's own training images)."""
+    run's own training images); the run (and background run) are loaded onto ``device`` and
+    score there."""
     from .training.run import load_run
 
-    run = load_run(run_dir)
-    det = ImageOutlierDetector.from_run(run, load_run(background_dir) if background_dir else None, **options)
+    run = load_run(run_dir, map_location=device)
+    background = load_run(background_dir, map_location=device) if background_dir else None
+    det = ImageOutlierDetector.from_run(run, background, **options)
     if images is None:
         images = run.data().train.head(limit).x
     return det.fit(images)
@@ -246,8 +250,10 @@ def save_image_detector(det: ImageOutlierDetector, path) -> Path:
     return write_detector_folder(path, meta, models, arrays)
 
 
-def load_image_detector(path: Path, meta: dict) -> ImageOutlierDetector:
-    """The image detector in ``path`` (its detector.json already read as ``meta``)."""
+def load_image_detector(path: Path, meta: dict, device: str = "cpu") -> ImageOutlierDetector:
+    """The image detector in ``path`` (its detector.json already read as ``meta``), its models on
+    ``device``."""
+    from .core.compute import resolve_device
     from .models.base import build_model
     from .training.checkpoint import load_tensors, load_weights
 
@@ -263,9 +269,10 @@ def load_image_detector(path: Path, meta: dict) -> ImageOutlierDetector:
         raise CheckpointError(f"{where}: damaged or not a zspace image detector ({e})") from None
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or members != det.members:
         raise CheckpointError(f"{where}: threshold or score members do not match this model")
+    dev = resolve_device(device)
     for name, m in models.items():
         load_weights(m, path / f"{name}.safetensors")
-        m.eval()
+        m.to(dev).eval()
     a = {k: v.numpy() for k, v in load_tensors(path / "fitted.safetensors").items()}
     try:
         det.latent_ = O.LatentGaussian.from_arrays(a["latent_mean"], a["latent_precision"]) \

@@ -184,11 +184,14 @@ def _why_not(run, criterion: str) -> str:
     return "no latent space"
 
 
-def scorecard(runs, n: int = SCORECARD_N, seed: int = 0, extractor=None) -> Scorecard:
-    """Evaluates each run (opened or a folder) and the real test data on one data set."""
+def scorecard(runs, n: int = SCORECARD_N, seed: int = 0, extractor=None, device: str = "cpu") -> Scorecard:
+    """Evaluates each run (opened or a folder) and the real test data on one data set; run folders
+    are loaded onto ``device`` (cpu, cuda, cuda:N), and the feature extractor runs there too."""
+    from .core.compute import resolve_device
     from .training import Run, load_run
 
-    runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    dev = resolve_device(device)
+    runs = [r if isinstance(r, Run) else load_run(r, map_location=str(dev)) for r in runs]
     if not runs:
         raise ConfigError("give at least one run")
     sources = {r.data_spec.source for r in runs if not r.config.get("prior_of")}
@@ -200,6 +203,8 @@ def scorecard(runs, n: int = SCORECARD_N, seed: int = 0, extractor=None) -> Scor
                           f"a scorecard compares models of one data set")
     data = sources.pop()
     ext = extractor if isinstance(extractor, Extractor) else load_extractor(extractor if extractor is not None else data)
+    if not isinstance(extractor, Extractor):      # the shipped LeNet follows the device; yours stays where it is
+        ext.module.to(dev)
     splits = runs[0].data() if not runs[0].config.get("prior_of") else load_run(runs[0].config["prior_of"]).data()
     if n > min(len(splits.test), len(splits.train)):
         raise ConfigError(f"N = {n} is more than the real data offer ({len(splits.train)} training, "

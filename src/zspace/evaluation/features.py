@@ -78,7 +78,8 @@ class Extractor:
     def _apply(self, images, fn, batch_size: int) -> np.ndarray:
         x = as_unit_images(images, self.input_shape)
         self.module.eval()
-        out = [fn(x[i:i + batch_size]).double().cpu().numpy() for i in range(0, len(x), batch_size)]
+        device = next(self.module.parameters(), torch.zeros(0)).device    # CPU images go to the module's device
+        out = [fn(x[i:i + batch_size].to(device)).double().cpu().numpy() for i in range(0, len(x), batch_size)]
         feats = np.concatenate(out)
         if feats.ndim != 2:
             raise ConfigError(f"extractor {self.name} returned shape {feats.shape}; it must return (N, d)")

@@ -191,12 +191,13 @@ def latent_smoothness(model, x_a: torch.Tensor, x_b: torch.Tensor, features, ste
     if len(x_a) != len(x_b) or len(x_a) < 1:
         raise DataError(f"need the same positive number of start and end inputs, got {len(x_a)} and {len(x_b)}")
     model.eval()
-    y = None if y is None else torch.as_tensor(y).long()
-    za, zb = model.embed(x_a, y), model.embed(x_b, y)
+    device = next(model.parameters()).device         # inputs to the model's device; features see what it decodes
+    y = None if y is None else torch.as_tensor(y).long().to(device)
+    za, zb = model.embed(x_a.to(device), y), model.embed(x_b.to(device), y)
     ratios = []
     for i in range(len(za)):
         path = model.decode_mean(interpolate(za[i], zb[i], steps, method), None if y is None else y[i])
-        f = np.asarray(features(path.clamp(0, 1)), dtype=np.float64)
+        f = np.asarray(features(path.clamp(0, 1).cpu()), dtype=np.float64)
         step = np.linalg.norm(np.diff(f, axis=0), axis=1)
         ratios.append(step.max() / max(step.mean(), 1e-12))
     return Smoothness(float(np.mean(ratios)), float(np.max(ratios)), len(ratios), steps)

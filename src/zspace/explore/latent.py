@@ -204,9 +204,11 @@ def interpolate(z0, z1, steps: int = 10, method: str = "linear") -> torch.Tensor
 def interpolate_inputs(model, x0, x1, steps: int = 10, method: str = "linear", y0=None, y1=None) -> torch.Tensor:
     """Encodes two inputs, interpolates their codes and decodes the path: (steps, *shape).
 
-    For a conditional model the label switches from y0 to y1 halfway."""
-    z0 = model.embed(x0[None], None if y0 is None else torch.as_tensor([y0]))[0]
-    z1 = model.embed(x1[None], None if y1 is None else torch.as_tensor([y1]))[0]
+    For a conditional model the label switches from y0 to y1 halfway. The inputs are moved to the
+    model's device; the path stays there."""
+    device = next(model.parameters()).device
+    z0 = model.embed(x0[None].to(device), None if y0 is None else torch.as_tensor([y0]))[0]
+    z1 = model.embed(x1[None].to(device), None if y1 is None else torch.as_tensor([y1]))[0]
     path = interpolate(z0, z1, steps, method)
     y = None
     if y0 is not None:
@@ -257,9 +259,10 @@ def apply_attribute(model, x: torch.Tensor, vector, strengths=(-2, -1, 0, 1, 2),
     if len(s) < 1 or not torch.isfinite(s).all():
         raise ConfigError("strengths must be finite numbers")
     device = next(model.parameters()).device
+    y = None if y is None else torch.as_tensor(y).to(device)
     z = model.embed(x.to(device), y)                                   # (B, D)
     moved = z[:, None, :] + s.to(device)[None, :, None] * v.to(device)  # (B, S, D)
-    yy = None if y is None else torch.as_tensor(y).to(device).repeat_interleave(len(s))
+    yy = None if y is None else y.repeat_interleave(len(s))
     out = model.decode_mean(moved.reshape(-1, z.shape[1]), yy)
     return out.reshape(len(x), len(s), *out.shape[1:])
 

@@ -153,9 +153,10 @@ def write_comparison(runs: list, path: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def report(run_dirs: list, out: str | Path | None = None, seed: int = 0) -> Path:
+def report(run_dirs: list, out: str | Path | None = None, seed: int = 0, device: str = "cpu") -> Path:
     """One run: its report (default RUN/report.html); several: their comparison page (``out``
-    required). Returns the page's path."""
+    required). The runs are loaded onto ``device`` (cpu, cuda, cuda:N), where their figures are
+    computed. Returns the page's path."""
     from ..training import load_run
     from ..training.run import check_output_path
 
@@ -168,7 +169,7 @@ def report(run_dirs: list, out: str | Path | None = None, seed: int = 0) -> Path
         raise ConfigError(f"comparing {len(paths)} runs: give the page's file with --out (e.g. --out compare.html)")
     if out is not None:
         check_output_path(out)     # never over a run's own config, metrics or checkpoints
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p, map_location=device) for p in paths]
     if len(runs) == 1:
         return write_report(runs[0], out, seed=seed)
     return write_comparison(runs, out, seed=seed)

@@ -18,11 +18,12 @@ def training_weights(run, limit: int | None = 10000, batch_size: int = 500) -> t
     model = run.model
     if not hasattr(model, "latent_weights"):
         raise ConfigError(f"{run.describe()} is not a DB-VAE: it has no resampling weights")
+    device = next(model.parameters()).device
     means, rows = [], []
     for b in run.loader("train", batch_size, limit=limit).epoch(0):
-        means.append(model.encode(b.x).mean)
+        means.append(model.encode(b.x.to(device)).mean)
         rows.append(b.index)
-    return model.latent_weights(torch.cat(means)).double().numpy(), np.concatenate(rows)
+    return model.latent_weights(torch.cat(means)).double().cpu().numpy(), np.concatenate(rows)
 
 
 def save_debias_weights(run, path: Path, n: int = 12, limit: int | None = 10000) -> Path | None:

@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..explore import latent
 from ..models.capabilities import SamplesFromPrior
 from ..rng import seeded
-from ..tasks import check_label, grey_levels
+from ..tasks import check_label, grey_levels, model_device
 from .figures import _save_titled, as_images, plt, save_image_grid, save_labelled_rows
 
 
@@ -107,9 +107,11 @@ def _encoded(run, split: str, limit: int | None) -> tuple[torch.Tensor, np.ndarr
     run.model.eval()
     xs, zs = [], []
     loader = run.loader(split, 500, limit=limit)
+    device = model_device(run.model)
     for b in loader.epoch(0):
         xs.append(b.x)
-        zs.append(run.model.embed(b.x, b.y).cpu())
+        moved = b.to(device)
+        zs.append(run.model.embed(moved.x, moved.y).cpu())
     return torch.cat(xs), loader.data.y, torch.cat(zs).numpy()
 
 

@@ -111,11 +111,12 @@ def feature_summaries(sae, store, lm=None, *, top: int = 20, window: int = 8, ba
     from ..core.progress import Progress
 
     bar = Progress(n, "features", "tokens", enabled=progress)
+    dev = sae.W_dec.device          # rows encoded on the SAE's device, counted on the CPU
     try:
         for s in range(0, n, batch_size):
             e = min(n, s + batch_size)
             x = torch.from_numpy(np.asarray(store.read(np.arange(s, e)), dtype=np.float32)).reshape(e - s, d)
-            f = sae.encode_features(x).float()
+            f = sae.encode_features(x.to(dev)).float().cpu()
             on = f > 0
             fires += on.sum(0)
             total += f.sum(0, dtype=torch.float64)
@@ -161,7 +162,7 @@ def feature_summaries(sae, store, lm=None, *, top: int = 20, window: int = 8, ba
         for a in range(0, len(need), batch_size):
             b = min(len(need), a + batch_size)
             x = torch.from_numpy(np.asarray(store.read(need[a:b]), dtype=np.float32)).reshape(b - a, d)
-            f = sae.encode_features(x).float()
+            f = sae.encode_features(x.to(dev)).float().cpu()
             lo, hi = torch.searchsorted(su, torch.tensor([a, b]))
             sl = order[lo:hi]
             ctx_act.view(-1)[sl] = f[flat_u[sl] - a, flat_f[sl]]
@@ -175,7 +176,7 @@ def feature_summaries(sae, store, lm=None, *, top: int = 20, window: int = 8, ba
         WU = lm.unembed.detach().float().cpu()
         if WU.shape[1] != d:
             raise DataError(f"{lm.name}'s unembedding reads {WU.shape[1]} values, the SAE's features have {d}")
-        logits = (sae.W_dec.detach().float() / sae.scale.float()) @ WU.t()     # (W, vocab)
+        logits = (sae.W_dec.detach().float().cpu() / sae.scale.float().cpu()) @ WU.t()     # (W, vocab)
         kk = min(LOGIT_TOKENS, logits.shape[1])
         promoted = logits.topk(kk, dim=1)
         suppressed = logits.topk(kk, dim=1, largest=False)

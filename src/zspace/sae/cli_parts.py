@@ -49,12 +49,13 @@ def add_browse_steer_parsers(subparsers, parser_class=None) -> None:
     s.add_argument("--json", type=Path, help="also write the result as JSON")
 
 
-def _open(run_path: Path, store_path=None, model=None, need_store=True):
+def _open(run_path: Path, store_path=None, model=None, need_store=True, device: str = "cpu"):
+    """The SAE run, its store (and metadata) and the language model, both models on ``device``."""
     from ..data.shards import ShardStore, is_store
     from ..training.run import load_run
     from .lm import load_language_model
 
-    run = load_run(run_path)
+    run = load_run(run_path, map_location=device)
     if getattr(run.model, "name", None) != "sae":
         raise CheckpointError(f"{run_path}: a {run.model.name!r} run, not a sparse autoencoder")
     source = Path(store_path) if store_path else Path(run.config.get("data", {}).get("source", ""))
@@ -69,7 +70,7 @@ def _open(run_path: Path, store_path=None, model=None, need_store=True):
     name = model or meta.get("model")
     if not name:
         raise ConfigError(f"{source}: the store does not name its language model; pass --model")
-    lm = load_language_model(name)
+    lm = load_language_model(name, device=device)
     return run, store, meta, lm
 
 
@@ -84,7 +85,7 @@ def run_browse(args) -> int:
         raise ConfigError(f"--window must be >= 0, got {args.window}")
     if args.out.suffix.lower() not in (".html", ".htm"):
         raise ConfigError(f"{args.out}: --out must end in .html")
-    run, store, meta, lm = _open(args.run, args.store, args.model)
+    run, store, meta, lm = _open(args.run, args.store, args.model, device=getattr(args, "device", "cpu"))
     s = feature_summaries(run.model, store, lm, top=args.top, window=args.window, batch_size=args.batch_size,
                           limit=args.limit, progress=not args.no_progress)
     write_browser(s, args.out, {"run": str(args.run)})
@@ -98,7 +99,7 @@ def run_steer(args) -> int:
 
     if args.value is None and args.add is None:
         raise ConfigError("give --value V (clamp the feature) or --add A (add its decoder direction)")
-    run, store, meta, lm = _open(args.run, None, args.model, need_store=False)
+    run, store, meta, lm = _open(args.run, None, args.model, need_store=False, device=getattr(args, "device", "cpu"))
     hook = args.hook or meta.get("hook")
     if not hook:
         raise ConfigError("the store does not name its hook point; pass --hook")

