@@ -199,6 +199,10 @@ def test_colour_grids_and_latent_figures(colour_file, tmp_path, capsys):
     grid = image_grid(torch.rand(5, 3, 8, 6), ncols=3)
     assert grid.shape == (2 * 9 + 1, 3 * 7 + 1, 3)
     assert as_images(torch.randint(0, 256, (2, 3, 4, 4)), (3, 4, 4)).max() <= 1
+    unit = torch.rand(2, 3, 4, 4)
+    unit[0, 0, 0, 0] = 1.0000001            # a decoder mean a rounding error above 1 stays in [0, 1] units
+    assert torch.allclose(as_images(unit, (3, 4, 4)), unit.clamp(0, 1))
+    assert torch.allclose(as_images(torch.full((1, 3, 2, 2), 128.0), (3, 2, 2)), torch.full((1, 3, 2, 2), 128 / 255))
     assert run_cli(capsys, "train", "vae", "--data", colour_file, *COLOUR, "--likelihood", "logistic",
                    "--latent-dim", "2", "--out", tmp_path / "run")[0] == 0
     run = zspace.load_run(tmp_path / "run")

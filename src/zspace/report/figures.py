@@ -107,7 +107,9 @@ def as_images(x: torch.Tensor, input_shape) -> torch.Tensor | None:
     if not x.is_floating_point():        # 8-bit levels (PixelCNN samples, uint8 inputs)
         return (x.float() / 255.0).clamp(0, 1)
     x = x.float()
-    return (x / 255.0 if x.max() > 1 else x).clamp(0, 1)
+    # values in [0, 1] may overshoot 1 by a rounding error (a logistic decoder's mean gave
+    # 1.0000001, and dividing by 255 made every sample black): only clearly larger values are levels
+    return (x / 255.0 if x.max() > 1.5 else x).clamp(0, 1)
 
 
 def save_reconstructions(run, path: Path, n: int = 16, split: str = "test", required: bool = False) -> Path | None:
