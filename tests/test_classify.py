@@ -221,6 +221,10 @@ def test_classify_cli_end_to_end_and_its_user_errors(tmp_path, capsys):
     code, out, err = run_cli(capsys, "classify", run, "--score", "complexity", "--coverage", 0.8, "--calibrate", 50,
                              "--limit", 50, "--nll-samples", 3)
     assert code == 0 and "complexity score" in out and "50 examples" in out, err
+    per_class = tmp_path / "per-class"        # a per-class run is rebuilt from its config.json alone
+    assert run_cli(capsys, "train", "cvae", *TRAIN, "--num-classes", 10, "--per-class", "--out", per_class)[0] == 0
+    code, out, err = run_cli(capsys, "classify", per_class, "--calibrate", 100, "--nll-samples", 3)
+    assert code == 0 and "accuracy" in out, err
     vae = tmp_path / "vae"
     assert run_cli(capsys, "train", "vae", *TRAIN, "--out", vae)[0] == 0
     for argv, message in [((run, "--coverage", 0), "coverage must lie in (0, 1]"),

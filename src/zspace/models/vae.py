@@ -96,6 +96,7 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
         enc_cfg = config if not k else config.replace(
             input_shape=(shape[0] + k, *shape[1:]) if config.architecture in IMAGE_ARCHITECTURES else (math.prod(shape) + k,))
         dec_cfg = config if not k else config.replace(latent_dim=config.latent_dim + k)
+        self.custom_networks = encoder is not None or decoder is not None
         if k and getattr(config, "per_class", False):    # one VAE per class behind the same interface
             planes = config.architecture in IMAGE_ARCHITECTURES
             enc_cfg = dec_cfg = None
@@ -106,7 +107,6 @@ class VAE(Model, ImportanceSampledLikelihood, SamplesFromPrior, Reconstructs):
         self.encoder = encoder if encoder is not None else build_encoder(enc_cfg, 2 * config.latent_dim)
         self.decoder = decoder if decoder is not None else build_decoder(
             dec_cfg, self.likelihood.params_per_dim)
-        self.custom_networks = encoder is not None or decoder is not None
         if self.custom_networks:
             self._check_networks()
 
