@@ -51,6 +51,7 @@ def test_sparse_decode_gradients_equal_the_dense_product(monkeypatch, dense_vals
 
     monkeypatch.setattr(_SparseDecode, "DENSE_VALS", dense_vals)
     monkeypatch.setattr(_SparseDecode, "DENSE_W", dense_w)
+    monkeypatch.setattr("zspace.models.sae.CHUNK_ELEMENTS", 50)      # several row chunks
     g = torch.Generator().manual_seed(3)
     W = torch.randn(40, 7, generator=g, dtype=torch.float64, requires_grad=True)
     idx = torch.stack([torch.randperm(40, generator=g)[:5] for _ in range(9)])
@@ -62,6 +63,51 @@ def test_sparse_decode_gradients_equal_the_dense_product(monkeypatch, dense_vals
     f = torch.zeros(9, 40, dtype=torch.float64).scatter(1, idx, vals)
     ((f @ W) * up).sum().backward()
     assert torch.allclose(gv, vals.grad) and torch.allclose(gw, W.grad)
+
+
+@pytest.mark.parametrize("width,k", [(512, 8), (2048, 32), (96, 3), (100, 7), (64, 64)])
+def test_blocked_topk_selects_what_torch_topk_does(width, k):
+    """The strided-block selection returns the k largest values of every row (the same multiset as
+    torch.topk, with indices that point at them), also with ties and widths that do not split."""
+    from zspace.models.sae import topk
+
+    g = torch.Generator().manual_seed(width + k)
+    pre = torch.randn(300, width, generator=g)
+    pre[:50] = pre[:50].round()                    # many ties
+    pre[50:60] = 0.0                               # all equal
+    vals, idx = topk(pre, k)
+    assert vals.shape == idx.shape == (300, k)
+    assert torch.equal(pre.gather(1, idx), vals)
+    assert torch.equal(vals.sort(1, descending=True).values, pre.topk(k, dim=1).values)
+    assert all(len(set(row.tolist())) == k for row in idx)     # k distinct features
+
+
+@pytest.mark.parametrize("dense_w", [0, 10**6])
+def test_topk_encoder_gradients_equal_autograds_through_the_dense_path(monkeypatch, dense_w):
+    """_TopKEncode (chunked rows, gradients only at the selected columns) gives the same indices,
+    values and gradients for xn, W and b as autograd through addmm, topk and ReLU."""
+    import zspace.models.sae as S
+
+    monkeypatch.setattr(S, "CHUNK_ELEMENTS", 200)          # several chunks of 16 rows
+    monkeypatch.setattr(S._TopKEncode, "DENSE_W", dense_w)
+    g = torch.Generator().manual_seed(5)
+    xn = torch.randn(50, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(6, 40, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (torch.randn(40, generator=g, dtype=torch.float64) - 3.0).requires_grad_()
+    up = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    idx, vals = S._TopKEncode.apply(xn, W, b, 4)
+    order = idx.argsort(1)                                  # compare in column order
+    (vals.gather(1, order) * up).sum().backward()
+    grads = [t.grad.clone() for t in (xn, W, b)]
+    for t in (xn, W, b):
+        t.grad = None
+    ref_vals, ref_idx = torch.addmm(b, xn, W).topk(4, dim=1)
+    ref_order = ref_idx.argsort(1)
+    assert torch.equal(idx.gather(1, order), ref_idx.gather(1, ref_order))
+    (torch.relu(ref_vals).gather(1, ref_order) * up).sum().backward()
+    assert (vals <= 0).any() and (vals > 0).any()           # the ReLU's gate is exercised
+    for got, t in zip(grads, (xn, W, b)):
+        assert torch.allclose(got, t.grad), (got - t.grad).abs().max()
 
 
 def test_fvu_and_l0_known_answers():
