@@ -26,6 +26,13 @@ against L0 (docs/figures/sae-pareto-stories260k.png).
     python benchmarks/sae_peers.py --threads 1                      # everything
     python benchmarks/sae_peers.py --threads 1 --part peers --models stories260k
     python benchmarks/sae_peers.py --threads 1 --part pareto
+    python benchmarks/sae_peers.py --threads 1 --part init-scale
+
+The init-scale part is how the default initial encoder scale (``SAEConfig.encoder_scale``: W_enc
+= s W_dec^T) was chosen: zspace's TopK at s in {0.25, 0.4, 0.577, 1} on every width/k cell of
+both models at the peers' budget; for each model left out, s is the one with the best mean rank
+over the other model's cells, and the table reports the left-out model's FVU at that s beside
+sparsify's (from the peers part's cached results).
 """
 from __future__ import annotations
 
@@ -56,8 +63,8 @@ from zspace.sae.lm import load_language_model  # noqa: E402
 
 CORPUS = SHARED_DATA / "text" / "tinystories-lower.txt"
 MODELS = {   # name: (model, hook, tokens harvested, default training budget in tokens)
-    "stories260k": (str(SHARED_DATA / "models" / "stories260K"), "resid_post.2", 2_000_000, 524_288),
-    "minilm": ("minilm", "resid_post.3", 300_000, 81_920),
+    "stories260k": (str(SHARED_DATA / "models" / "stories260K"), "resid_post.2", 2_000_000, 1_048_576),
+    "minilm": ("minilm", "resid_post.3", 300_000, 163_840),
 }
 PEERS = {"sparsify": ("/tmp/peer-eai-sparsify/bin/python", "sparsify_side.py"),
          "sae_lens": ("/tmp/peer-sae-lens/bin/python", "saelens_side.py")}
@@ -336,6 +343,84 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------- the encoder's initial scale
+INIT_SCALES = (0.25, 0.4, 0.577, 1.0)
+
+
+def init_scale_study(work: Path, args) -> list[dict]:
+    rows = []
+    for name in args.models:
+        pack = prepare(name, work)
+        budget = args.budget.get(name, MODELS[name][3])
+        steps = budget // BATCH
+        d = ShardStore(pack / "test").example_shape[0]
+        cache = work / "results" / "init-scale" / name
+        cache.mkdir(parents=True, exist_ok=True)
+        for expansion in args.minilm_expansions if name == "minilm" else args.expansions:
+            for k in args.k:
+                width = expansion * d
+                peer = work / "results" / name / f"sparsify-w{width}-k{k}-s{steps}.json"
+                sparsify = json.loads(peer.read_text())["fvu"] if peer.is_file() else None
+                for scale in INIT_SCALES:
+                    done = cache / f"w{width}-k{k}-s{steps}-e{scale}.json"
+                    if args.reuse and done.is_file():
+                        rows.append(json.loads(done.read_text()))
+                        continue
+                    sae, info = train_zspace(pack, work / "runs" / "init-scale" / name, kind="topk", width=width,
+                                             k=k, steps=steps, threads=args.threads, encoder_scale=scale)
+                    fvu, l0, fires, n = sae_train.feature_statistics(sae, ShardStore(pack / "test"))
+                    r = {"model": name, "width": width, "expansion": expansion, "k": k, "scale": scale,
+                         "steps": steps, "tokens": steps * BATCH, "fvu": float(fvu), "held_out_tokens": n,
+                         "dead_held_out": float((fires == 0).double().mean()), "sparsify_fvu": sparsify}
+                    done.write_text(json.dumps(r, indent=1))
+                    rows.append(r)
+                    print(f"init-scale {name} w={width} k={k} s={scale}: FVU {fvu:.4f}"
+                          + (f" (sparsify {sparsify:.4f})" if sparsify else ""), flush=True)
+    return rows
+
+
+def init_scale_markdown(rows: list[dict], loads: list[str]) -> str:
+    models = sorted({r["model"] for r in rows}, key=list(MODELS).index)
+    cells = {m: sorted({(r["width"], r["k"]) for r in rows if r["model"] == m}) for m in models}
+    fvu = {(r["model"], r["width"], r["k"], r["scale"]): r for r in rows}
+
+    def mean_rank(model: str, scale: float) -> float:
+        ranks = []
+        for w, k in cells[model]:
+            order = sorted(INIT_SCALES, key=lambda s: fvu[(model, w, k, s)]["fvu"])
+            ranks.append(order.index(scale) + 1)
+        return float(np.mean(ranks))
+
+    out = [f"Command: `{command_line()}`", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
+           "zspace TopK, its defaults except the initial encoder scale s (W_enc = s W_dec^T; W_dec unit rows), "
+           "seed 0, the peers part's data, budgets and batch order; FVU on the held-out rows. sparsify: its FVU "
+           "from the peers part (same rows, budget, order).", "",
+           "| model | width | k | tokens | " + " | ".join(f"s = {s}" for s in INIT_SCALES) + " | sparsify |",
+           "|---|---|---|---|" + "---|" * (len(INIT_SCALES) + 1)]
+    for m in models:
+        for w, k in cells[m]:
+            r0 = fvu[(m, w, k, INIT_SCALES[0])]
+            sp = r0["sparsify_fvu"]
+            out.append(f"| {m} | {w} | {k} | {r0['tokens']:,} | "
+                       + " | ".join(f"{fvu[(m, w, k, s)]['fvu']:.4f}" for s in INIT_SCALES)
+                       + f" | {'' if sp is None else format(sp, '.4f')} |")
+    out += ["", "Leave one model out: s chosen by the best mean rank over the other model's cells, scored on the "
+            "left-out one.", "", "| left out | mean rank by s on the others | chosen s | left-out cells won against sparsify |",
+            "|---|---|---|---|"]
+    for m in models:
+        others = [o for o in models if o != m]
+        if not others:
+            continue
+        ranks = {s: float(np.mean([mean_rank(o, s) for o in others])) for s in INIT_SCALES}
+        chosen = min(INIT_SCALES, key=lambda s: (ranks[s], s))
+        won = [(w, k) for w, k in cells[m] if fvu[(m, w, k, chosen)]["sparsify_fvu"] is not None
+               and fvu[(m, w, k, chosen)]["fvu"] <= fvu[(m, w, k, chosen)]["sparsify_fvu"]]
+        have = [c for c in cells[m] if fvu[(m, *c, chosen)]["sparsify_fvu"] is not None]
+        out.append(f"| {m} | " + ", ".join(f"{s}: {ranks[s]:.2f}" for s in INIT_SCALES) + f" | {chosen} | "
+                   f"{len(won)} of {len(have)} |")
+    return "\n".join(out)
+
+
 # -------------------------------------------------------------------------------- the Pareto
 PARETO = {"relu": [("sparsity_weight", v) for v in (0.5, 2.0, 5.0, 20.0)],
           "topk": [("k", v) for v in (8, 16, 32, 64)],
@@ -428,7 +513,7 @@ def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], r
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--part", choices=("all", "peers", "pareto"), default="all")
+    p.add_argument("--part", choices=("all", "peers", "pareto", "init-scale"), default="all")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     p.add_argument("--expansions", nargs="+", type=int, default=[8, 32])
@@ -460,6 +545,13 @@ def main() -> None:
         print(md)
         if not args.no_write:
             update_section("sae-peers", "## SAEs against SAELens and sparsify (issue 16)\n\n" + md)
+    if args.part in ("all", "init-scale"):
+        rows = init_scale_study(work, args)
+        loads.append(f"{os.getloadavg()[0]:.1f}")
+        md = init_scale_markdown(rows, loads)
+        print(md)
+        if not args.no_write:
+            update_section("sae-init-scale", "## SAE encoder initial scale, chosen leaving one model out (issue 16)\n\n" + md)
     if args.part in ("all", "pareto"):
         pack = prepare("stories260k", work)
         points, tokens, n = pareto(pack, work, args)

@@ -110,6 +110,15 @@ def test_topk_encoder_gradients_equal_autograds_through_the_dense_path(monkeypat
         assert torch.allclose(got, t.grad), (got - t.grad).abs().max()
 
 
+def test_encoder_starts_as_the_scaled_decoder_transpose():
+    for kind, scale in (("topk", 0.4), ("batchtopk", 0.4), ("relu", 1.0), ("jumprelu", 1.0)):
+        m = sae(kind=kind)
+        assert torch.allclose(m.W_enc, m.W_dec.t() * scale), kind
+    assert torch.allclose(sae(kind="topk", encoder_scale=1.0).W_enc, sae(kind="topk").W_dec.t())
+    with pytest.raises(ConfigError, match="encoder_scale"):
+        SAEConfig(encoder_scale=0.0)
+
+
 def test_fvu_and_l0_known_answers():
     x, _ = sparse_data(500)
     m = sae(kind="relu")
@@ -172,7 +181,7 @@ def test_aux_k_revives_dead_latents():
         m = sae(kind="topk", width=64, k=3, aux_k=aux_k, dead_tokens=512)
         m.init_from_data(x)
         with torch.no_grad():
-            m.b_enc[:32] -= 3.0          # half the features start silent
+            m.b_enc[:32] -= 3.0 * m.config.encoder_init_scale     # half the features start silent
         opt = torch.optim.Adam(m.parameters(), 3e-3)
         m.train()
         for step in range(300):
