@@ -287,7 +287,11 @@ def test_sae_defaults_schedule_free_on_the_unit_sphere_with_a_budget_relative_de
                     progress=False)
     # the schedule-free average is what was saved and evaluated, and its decoder rows are unit too
     assert torch.allclose(run.model.W_dec.detach().norm(dim=1), torch.ones(64), atol=1e-5)
-    assert run.model.config.dead_tokens == 60 * 128 // 8
+    assert run.model.config.dead_tokens == 4 * 128               # 60 steps: the 4-batch floor
+    from zspace.sae.train import dead_window
+
+    assert dead_window(default_config(64, epochs=None, steps=2000, batch_size=128), 0) == 2000 * 128 // 32
+    assert dead_window(default_config(64, epochs=None, steps=10**6, batch_size=4096), 0) == 1_000_000
     assert run.history()[-1]["test_fvu"] < 0.5
 
 
