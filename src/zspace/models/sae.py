@@ -505,11 +505,11 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         cols = dead.nonzero().squeeze(1)
         pre = torch.addmm(self._encoder_bias()[cols], xn, self.W_enc[:, cols])     # (B, dead)
         k = min(self.config.aux_k, len(cols))
-        if k < len(cols):
-            vals, j = pre.topk(k, dim=1, sorted=False)
-            e_hat = sparse_decode(cols[j], F.relu(vals), self.W_dec)
-        else:
-            e_hat = F.relu(pre) @ self.W_dec[cols]
+        f = F.relu(pre)
+        if k < len(cols):           # the top k of the dead, decoded densely: k is large (256) against them
+            vals, j = topk(pre, k)
+            f = torch.zeros_like(f).scatter(1, j, F.relu(vals))
+        e_hat = f @ self.W_dec[cols]
         var = (residual - residual.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
         return (e_hat - residual).pow(2).sum(1).mean() / var
 
