@@ -439,7 +439,7 @@ def pareto(pack: Path, work: Path, args) -> tuple[list[dict], int, int]:
             done = work / "results" / "pareto" / f"{tag}.json"
             done.parent.mkdir(parents=True, exist_ok=True)
             if args.reuse and done.is_file():
-                points.append(json.loads(done.read_text()))
+                points.append({**json.loads(done.read_text()), "reused": True})
                 continue
             sae, info = train_zspace(pack, work / "runs" / "pareto" / tag, kind=kind, width=8 * d, steps=steps,
                                      threads=args.threads, **opts)
@@ -556,7 +556,7 @@ def main() -> None:
         pack = prepare("stories260k", work)
         points, tokens, n = pareto(pack, work, args)
         loads.append(f"{os.getloadavg()[0]:.1f}")
-        md = pareto_markdown(points, tokens, n, loads, args.reuse)
+        md = pareto_markdown(points, tokens, n, loads, any(p.get("reused") for p in points))
         print(md)
         if not args.no_write:
             draw_pareto(points, tokens, n, ShardStore(pack / "test").example_shape[0])
