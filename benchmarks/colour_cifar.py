@@ -2,7 +2,9 @@
 a fixed short CPU budget, with their test curves against training time, and samples as figures.
 
 VAE: resnet encoder/decoder, discretized logistic decoder over the 8-bit subpixels, test NLL by
-importance sampling. PixelCNN: gated, with PixelCNN++'s coupled logistic mixture over R, G, B
+importance sampling. With ``--scorecard N`` both runs also go through ``zspace.scorecard`` on N
+samples each, on the shipped FID-CIFARNet extractor (``python -m zspace.evaluation.features --data
+cifar10``), beside the real test images' floor. PixelCNN: gated, with PixelCNN++'s coupled logistic mixture over R, G, B
 (exact NLL). Both on the same 1,000 test images. CIFAR-10 here is decoded from JPEG quality 75,
 so its bits/dim is not comparable with the literature's lossless-set figures (given for orientation).
 
@@ -42,11 +44,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=1000, help="test images evaluated")
     ap.add_argument("--nll-samples", type=int, default=100)
+    ap.add_argument("--scorecard", type=int, default=0, metavar="N",
+                    help="also the scorecard of both runs on N samples each (FID-CIFARNet); 0: skip")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("ZSPACE_DATA", str(ROOT.parent / "shared" / "data" / "images"))
-    facts = {}
+    facts, runs = {}, []
     jobs = {
         "vae": dict(model="vae", steps=args.vae_steps, lr=2e-3,
                     options=dict(architecture="resnet", channels=(32, 64), blocks=0, latent_dim=64,
@@ -63,6 +67,7 @@ def main() -> None:
         run = zspace.train(job["model"], "cifar10", out=OUT / name, preprocessing="scale" if name == "vae" else "uint8",
                            config=cfg, progress=False, overwrite=True, **job["options"])
         train_s = time.perf_counter() - start
+        runs.append(run)
         ev = evaluate_run(run, nll_samples=args.nll_samples, limit=args.limit, batch_size=100)
         save_samples(run, FIGS / f"cifar10-{name}-samples.png", n=36, seed=0)
         facts[name] = dict(describe=run.describe(), train_s=train_s, bits_per_dim=ev.likelihood.bits_per_dim,
@@ -94,6 +99,12 @@ Figures: [VAE samples](../docs/figures/cifar10-vae-samples.png) (decoder means o
 [PixelCNN samples](../docs/figures/cifar10-pixelcnn-samples.png) (cached sampling, R then G then B through the
 coupled mixture).
 """
+    if args.scorecard:
+        start = time.perf_counter()
+        card = zspace.scorecard(runs, n=args.scorecard, seed=0)
+        md += (f"\nScorecard (`zspace.scorecard`, N = {args.scorecard} samples per model against {args.scorecard} "
+               f"training images, {(time.perf_counter() - start) / 60:.1f} min; features: {card.extractor}; the "
+               f"first row is real test images, the floor at this N):\n\n{card.markdown()}\n")
     update_section("colour-cifar10", md)
     print(md)
 

@@ -6,19 +6,37 @@ from torch import nn
 
 import zspace
 from zspace import ConfigError, DataError
-from zspace.evaluation.features import SHIPPED, LeNet, as_unit_images, load_extractor
+from zspace.evaluation.features import NETS, SHIPPED, CIFARNet, LeNet, as_unit_images, load_extractor
 from zspace.evaluation.sample_quality import frechet_distance, latent_smoothness, sampling_cost
 
 
 @pytest.mark.parametrize("data", SHIPPED)
 def test_shipped_extractors_load_and_are_deterministic(data):
     ext = load_extractor(data)
-    assert ext.name == f"LeNet-{data}"
-    images = np.random.default_rng(0).integers(0, 256, size=(20, 28, 28), dtype=np.uint8)
-    f1, f2 = ext.features(images), ext.features(images[:, None] / 255.0)
-    assert f1.shape == (20, LeNet.feature_dim) and np.allclose(f1, f2, atol=1e-5)
+    cls, _, shape = NETS[data]
+    assert ext.name == f"{cls.__name__}-{data}" and ext.input_shape == shape
+    images = np.random.default_rng(0).integers(0, 256, size=(20, *shape), dtype=np.uint8)
+    f1, f2 = ext.features(images), ext.features(images / 255.0)
+    assert f1.shape == (20, cls.feature_dim) and np.allclose(f1, f2, atol=1e-5)
+    assert np.array_equal(f1, ext.features(images))
     p = ext.probs(images)
     assert p.shape == (20, 10) and np.allclose(p.sum(1), 1)
+
+
+def test_fid_cifarnet_is_a_trained_cifar10_classifier_and_refuses_grey_images():
+    """The shipped weights say what they reached on the test set (written by their training command)."""
+    from safetensors import safe_open
+
+    from zspace.evaluation.features import WEIGHTS_DIR
+
+    with safe_open(str(WEIGHTS_DIR / "cifarnet-cifar10.safetensors"), "pt") as f:
+        meta = f.metadata()
+    assert meta["data"] == "cifar10" and float(meta["test_accuracy"]) > 0.7
+    ext = load_extractor("cifar10")
+    with pytest.raises(DataError, match="32x32"):
+        ext.features(np.zeros((2, 28, 28), np.uint8))
+    out = CIFARNet()(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10)
 
 
 def test_own_module_as_extractor_and_checks():
@@ -31,7 +49,7 @@ def test_own_module_as_extractor_and_checks():
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         as_unit_images(np.full((1, 28, 28), 3.0))
     with pytest.raises(ConfigError, match="no shipped extractor"):
-        load_extractor("cifar10")
+        load_extractor("celeba")
     bad = load_extractor(nn.Identity(), name="identity")
     with pytest.raises(ConfigError, match=r"must return \(N, d\)"):
         bad.features(np.zeros((2, 28, 28), np.uint8))
