@@ -6,7 +6,7 @@ deterministically with zspace's own code and stored in the package as safetensor
 
     python -m zspace.evaluation.features --data mnist            # LeNet: 2 conv layers, 64-d features
     python -m zspace.evaluation.features --data fashion-mnist
-    python -m zspace.evaluation.features --data cifar10          # CIFARNet: 3 conv blocks, 128-d features
+    python -m zspace.evaluation.features --data cifar10 --epochs 8   # CIFARNet: 3 conv blocks, 128-d features
 
 Metrics computed on their features are named after them ("FID-LeNet", "FID-CIFARNet", ...)
 so nobody compares them with Inception numbers; CIFARNet reads the JPEG-decoded CIFAR-10
