@@ -23,6 +23,7 @@ import torch
 import zspace
 from _common import ROOT, command_line, machine, update_section
 from zspace.report.figures import save_samples
+from zspace.scorecard import scorecard
 from zspace.tasks import evaluate_run
 
 OUT = ROOT / "runs" / "bench-colour-cifar"
@@ -101,7 +102,7 @@ coupled mixture).
 """
     if args.scorecard:
         start = time.perf_counter()
-        card = zspace.scorecard(runs, n=args.scorecard, seed=0)
+        card = scorecard(runs, n=args.scorecard, seed=0)
         md += (f"\nScorecard (`zspace.scorecard`, N = {args.scorecard} samples per model against {args.scorecard} "
                f"training images, {(time.perf_counter() - start) / 60:.1f} min; features: {card.extractor}; the "
                f"first row is real test images, the floor at this N):\n\n{card.markdown()}\n")

@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("-n", type=int, default=SCORECARD_N,
                     help=f"samples per model and real images (default {SCORECARD_N}, minutes on a CPU; "
                          f"10000 for the literature's N)")
-    sc.add_argument("--extractor", help="shipped feature extractor (mnist, fashion-mnist; default: the runs' data)")
+    sc.add_argument("--extractor", help="shipped feature extractor (mnist, fashion-mnist, cifar10; default: the runs' data)")
     sc.add_argument("--seed", type=int, default=0, help="seed of samples and subsets (default 0)")
     sc.add_argument("--out", type=Path, required=True, help="folder for scorecard.md and scorecard.html")
     _add_compute_flags(sc)
