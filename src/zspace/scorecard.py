@@ -64,7 +64,7 @@ class Scorecard:
     def kid_note(self) -> str:
         return (f"KID is the unbiased MMD² between sample and real training features with the cubic "
                 f"polynomial kernel (x·y/d + 1)³ (Binkowski et al. 2018), in squared kernel-feature units "
-                f"(0 = the same distribution, lower is better; it can dip below 0 by chance). On the shipped LeNet "
+                f"(0 = the same distribution, lower is better; it can dip below 0 by chance). On the shipped LeNet and CIFARNet "
                 f"features (raw ReLU activations of scale tens) it runs to hundreds or thousands, not the ~10⁻³ of "
                 f"Inception-based KID. Shown as the mean ± standard deviation over {KID_SUBSETS} random "
                 f"subsets of {kid_subset_size(self.n)} rows each.")
