@@ -31,7 +31,17 @@ WEIGHTS_DIR = Path(__file__).with_name("extractors")
 SHIPPED = ("mnist", "fashion-mnist", "cifar10")
 
 
-class LeNet(nn.Module):
+class _FeatureClassifier(nn.Module):
+    """A shipped extractor: ``body`` maps images to features, ``head`` features to class logits."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class LeNet(_FeatureClassifier):
     """(N, 1, 28, 28) in [0, 1] -> 64-d features -> 10 logits."""
 
     feature_dim = 64
@@ -44,14 +54,8 @@ class LeNet(nn.Module):
             nn.Flatten(), nn.Linear(64 * 5 * 5, self.feature_dim), nn.ReLU())
         self.head = nn.Linear(self.feature_dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-class CIFARNet(nn.Module):
+class CIFARNet(_FeatureClassifier):
     """(N, 3, 32, 32) in [0, 1] -> 128-d features -> 10 logits: three conv-BN-ReLU-pool blocks
     (32, 64, 128 channels; 32 -> 16 -> 8 -> 4) and a 128-d feature layer, ~10M multiply-adds an
     image, so that it trains in minutes on two CPU cores."""
@@ -66,12 +70,6 @@ class CIFARNet(nn.Module):
                        nn.MaxPool2d(2)]
         self.body = nn.Sequential(*blocks, nn.Flatten(), nn.Linear(128 * 4 * 4, self.feature_dim), nn.ReLU())
         self.head = nn.Linear(self.feature_dim, num_classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
 
 
 NETS = {"mnist": (LeNet, "lenet", (1, 28, 28)), "fashion-mnist": (LeNet, "lenet", (1, 28, 28)),
@@ -92,7 +90,7 @@ class Extractor:
 
     @property
     def has_classifier(self) -> bool:
-        return isinstance(self.module, (LeNet, CIFARNet))
+        return isinstance(self.module, _FeatureClassifier)
 
     @torch.no_grad()
     def probs(self, images, batch_size: int = 1000) -> np.ndarray:
@@ -101,7 +99,7 @@ class Extractor:
         return self._apply(images, lambda x: torch.softmax(self.module(x), 1), batch_size)
 
     def _feature_fn(self):
-        return self.module.features if isinstance(self.module, (LeNet, CIFARNet)) else self.module
+        return self.module.features if isinstance(self.module, _FeatureClassifier) else self.module
 
     def _apply(self, images, fn, batch_size: int) -> np.ndarray:
         x = as_unit_images(images, self.input_shape)

@@ -265,11 +265,8 @@ class _TopKEncode(torch.autograd.Function):
         xn, W, idx, vals = ctx.saved_tensors
         g = g_vals * (vals > 0)
         g_xn = g_W = g_b = None
-        if ctx.needs_input_grad[0]:
-            g_xn = torch.empty_like(xn)
-            for r in _row_chunks(len(xn), W.shape[1]):
-                f = torch.zeros(r.stop - r.start, W.shape[1], dtype=g.dtype, device=g.device)
-                g_xn[r] = f.scatter_(1, idx[r], g[r]) @ W.t()
+        if ctx.needs_input_grad[0]:          # sum_j g[b, j] W[:, idx[b, j]]: a sparse read of W's columns
+            g_xn = F.embedding_bag(idx, W.t().contiguous(), per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
             g_W = _scatter_product(idx, g, xn, W.shape[1], _TopKEncode.DENSE_W).t()
         if ctx.needs_input_grad[2]:
