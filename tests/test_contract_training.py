@@ -12,6 +12,7 @@ import zspace
 from zspace.data import ArrayData, DataSplits
 from zspace.models import MODELS, VQPrior
 from zspace.training import resume, train
+from zspace.training.distributed import exit_process
 from zspace.training.trainer import bf16_supported
 
 from .test_contract import READS_CODES, TINY, tiny
@@ -90,8 +91,10 @@ def _ddp_worker(rank: int, init: str, names: list[str], out: str) -> None:
             ddp(x[half], None if y is None else y[half]).loss.backward()
             results[name] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save(results, f"{out}/rank{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_process(0)   # not the interpreter's finalisation: see exit_process
 
 
 def _batch(model):
@@ -145,8 +148,10 @@ def _ema_worker(rank: int, init: str, out: str) -> None:
         q.train()
         q(z[rank * 3:rank * 3 + 3])
         torch.save({k: v.clone() for k, v in q.state_dict().items()}, f"{out}/ema{rank}.pt")
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_process(0)
 
 
 def test_the_vqvae_ema_codebook_is_all_reduced_across_ranks(tmp_path):

@@ -102,7 +102,7 @@ WORKER = r'''
 import os, signal, sys
 import zspace
 from zspace.cli import main
-from zspace.training.distributed import shutdown
+from zspace.training.distributed import exit_process
 
 mode, argv = sys.argv[1], sys.argv[2:]
 rank, real, calls = int(os.environ["RANK"]), zspace.Autoencoder.loss, [0]
@@ -118,11 +118,7 @@ def loss(self, x, y=None, warmup=1.0):
     return out
 
 zspace.Autoencoder.loss = loss
-try:
-    code = main(argv)
-finally:
-    shutdown()
-sys.exit(code)
+exit_process(main(argv))
 '''
 
 

@@ -506,6 +506,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run() -> None:
+    """The ``zspace`` executable: ``main``'s status as the exit code. A torchrun worker leaves
+    its process group and exits without the interpreter's finalisation (``exit_process``)."""
+    import torch.distributed as td
+
+    from .training.distributed import exit_process
+
+    try:
+        code = main()
+    except BaseException as e:
+        if not (td.is_available() and td.is_initialized()):
+            raise
+        if isinstance(e, SystemExit) and (e.code is None or isinstance(e.code, int)):
+            code = e.code or 0
+        else:   # what the interpreter would print before ending
+            sys.excepthook(type(e), e, e.__traceback__)
+            code = EXIT_INTERNAL_ERROR
+    exit_process(code)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv          # anywhere on the line: the full traceback of an unexpected error

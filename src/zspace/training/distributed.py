@@ -13,7 +13,9 @@ import datetime
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 
@@ -183,7 +185,31 @@ def init_from_env(device: torch.device | str = "cpu", timeout_s: float = DEFAULT
     return Dist(rank, world, local_rank, device)
 
 
-def shutdown() -> None:
-    """Leaves the process group if this process joined one (end of a torchrun worker)."""
+def shutdown() -> bool:
+    """Leaves the process group if this process joined one; True if it had."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+        return True
+    return False
+
+
+def exit_process(code: int) -> NoReturn:
+    """Ends the process with ``code``; a process-group member leaves the group first and then
+    skips the interpreter's finalisation (``os._exit`` after flushing stdout and stderr).
+
+    Why: gloo's worker threads can still be releasing the last collective's tensors when the
+    main thread finishes, and releasing a tensor Python owns takes the GIL. A thread that asks
+    for the GIL while the interpreter finalises is ended by ``pthread_exit``, which the C++
+    runtime turns into ``std::terminate`` (SIGABRT, "terminate called without an active
+    exception"; pytorch/pytorch#190489): seen about once in 20 two-rank runs here, after the
+    run's work was complete, and torchrun then reports the rank as crashed. Everything zspace
+    writes is closed by then (atomic writes), so skipping finalisation loses nothing.
+    """
+    if shutdown():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):   # a closed or broken pipe: nothing more can be said
+                pass
+        os._exit(code)
+    sys.exit(code)
