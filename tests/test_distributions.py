@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from zspace import ConfigError
 from zspace.distributions import (Bernoulli, DecoderLikelihood, DiagonalGaussian, Gaussian,
@@ -53,6 +54,24 @@ def test_bernoulli_log_prob_known_answer():
     x = torch.bernoulli(torch.sigmoid(logits))
     ref = torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
     assert torch.allclose(Bernoulli(logits, 1).log_prob(x), ref, atol=1e-6)
+
+
+def test_bernoulli_without_gradient_equals_the_autograd_form():
+    """The evaluation path (max(l, 0) + log(1 + exp(-|l|)) - x l) against softplus - x l with
+    autograd on, for grey x broadcast over a sample dimension and logits up to +-120."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.cat([torch.randn(3, 4, 2, 5, generator=g) * 8, torch.full((3, 4, 1, 5), 120.0),
+                        torch.full((3, 4, 1, 5), -120.0)], dim=2)        # (k, B, 4, 5)
+    x = torch.rand(4, 4, 5, generator=g)
+    x[0] = x[0].round()
+    with torch.no_grad():
+        fast = Bernoulli(logits, 2).log_prob(x)
+    slow = Bernoulli(logits.clone().requires_grad_(), 2).log_prob(x)
+    ref = -(F.softplus(logits.double()) - x.double() * logits.double()).flatten(2).sum(-1)
+    assert fast.shape == (3, 4) and torch.isfinite(fast).all()
+    torch.testing.assert_close(fast.double(), ref, rtol=0, atol=1e-4)
+    torch.testing.assert_close(fast, slow.detach(), rtol=1e-6, atol=1e-4)
+    assert not torch.equal(fast, torch.zeros_like(fast))
 
 
 def test_bernoulli_stays_finite_for_confident_logits():
