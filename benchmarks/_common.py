@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+try:   # the malloc settings the zspace command runs with (peers' own processes keep glibc's defaults)
+    from zspace.core.compute import keep_freed_memory
+
+    keep_freed_memory()
+except ImportError:   # a benchmark's peer side, run in the peer's venv without zspace
+    pass
+
 
 def use_shared_data() -> None:
     """Points zspace at ../shared/data (MNIST's keras .npz) unless ZSPACE_DATA is set."""

@@ -532,6 +532,9 @@ def main(argv=None) -> int:
     argv = [v for v in argv if v != "--debug"]
     args = build_parser().parse_args(argv)
     args.argv = argv   # `train --nproc N` relaunches it
+    from .core.compute import keep_freed_memory
+
+    keep_freed_memory()   # torch's temporaries reused, not page-faulted afresh (see its docstring)
     from .core.progress import showing
 
     try:
