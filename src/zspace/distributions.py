@@ -76,8 +76,8 @@ class Bernoulli:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x) = sum x l - softplus(l) over the event (l the logits; x in [0, 1] broadcasts
         over leading sample dimensions). Each term is -BCE with logits, finite for confident
-        logits; computed in two elementwise passes with no broadcast copy of x (the
-        importance-sampled NLL spends most of its time here)."""
+        logits, with no broadcast copy of x (the importance-sampled NLL spends much of its time
+        here): softplus with autograd, vectorised passes without."""
         l = self.logits
         if torch.is_grad_enabled() and l.requires_grad:
             # softplus(l) - x l >= 0 per dimension; in place is safe for autograd (softplus's

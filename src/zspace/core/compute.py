@@ -106,7 +106,7 @@ def keep_freed_memory() -> bool:
     if _kept is not None:
         return _kept
     _kept = False
-    if any(k.startswith("MALLOC_") or k.startswith("GLIBC_TUNABLES") for k in os.environ):
+    if any(k.startswith(("MALLOC_", "GLIBC_TUNABLES")) for k in os.environ):
         return _kept
     try:
         import ctypes

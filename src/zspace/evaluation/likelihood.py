@@ -44,10 +44,9 @@ def importance_sampled_log_likelihood(model, x: torch.Tensor, num_samples: int,
     (log p(x|y) for a conditional model, given the labels ``y``).
 
     Samples go through the decoder in chunks of at most ``max_elements`` output values. The
-    default (4 MB of fp32 logits) keeps each chunk's temporaries in the CPU's caches and under
-    the size that glibc returns to the system when freed (larger chunks were page-faulted
-    afresh: 2^24 took 1.7x as long as 2^20 for the 784-200-200-50 VAE; 2^18 pays more per-op
-    overhead than it saves).
+    default is 4 MB of fp32 logits a chunk: 2^24 took 1.7x as long for the 784-200-200-50 VAE
+    (its 64 MB temporaries were mmapped and page-faulted afresh every chunk), and 2^18 pays
+    more in per-op overhead than it saves.
     ``eps`` (num_samples, B, latent_dim): the standard-normal draws behind the samples
     z = mean + std * eps, where the caller fixes them (default: the global RNG);
     ``posterior``: q(z|x) if already computed.
