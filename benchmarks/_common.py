@@ -11,16 +11,13 @@ from pathlib import Path
 
 import torch
 
+from zspace.core.compute import keep_freed_memory
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
-try:   # the malloc settings the zspace command runs with (peers' own processes keep glibc's defaults)
-    from zspace.core.compute import keep_freed_memory
-
-    keep_freed_memory()
-except ImportError:   # a benchmark's peer side, run in the peer's venv without zspace
-    pass
+keep_freed_memory()   # the malloc settings the zspace command runs with (peers' own processes keep glibc's)
 
 
 def use_shared_data() -> None:

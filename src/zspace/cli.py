@@ -507,12 +507,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run() -> None:
-    """The ``zspace`` executable: ``main``'s status as the exit code. A torchrun worker leaves
-    its process group and exits without the interpreter's finalisation (``exit_process``)."""
+    """The ``zspace`` executable: malloc set to keep freed memory, then ``main``'s status as the
+    exit code. A torchrun worker leaves its process group and exits without the interpreter's
+    finalisation (``exit_process``)."""
     import torch.distributed as td
 
+    from .core.compute import keep_freed_memory
     from .training.distributed import exit_process
 
+    keep_freed_memory()   # a process-wide setting, so here and not in main: see its docstring
     try:
         code = main()
     except BaseException as e:
@@ -532,9 +535,6 @@ def main(argv=None) -> int:
     argv = [v for v in argv if v != "--debug"]
     args = build_parser().parse_args(argv)
     args.argv = argv   # `train --nproc N` relaunches it
-    from .core.compute import keep_freed_memory
-
-    keep_freed_memory()   # torch's temporaries reused, not page-faulted afresh (see its docstring)
     from .core.progress import showing
 
     try:
