@@ -1,4 +1,5 @@
 """The generative classifier (Bayes' rule, reject option, scikit-learn façade) and DB-VAE resampling."""
+import dataclasses
 import json
 import math
 
@@ -247,3 +248,58 @@ def test_train_dbvae_cli_writes_its_weights_figure_and_refuses_bad_input(tmp_pat
         code, out, err = run_cli(capsys, "train", "dbvae", "--epochs", 1, "--no-progress", *argv,
                                  "--out", tmp_path / "bad")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_dbvae_reweighting_weights_each_loss_by_its_inverse_latent_density():
+    torch.manual_seed(0)
+    options = dict(input_shape=(2,), latent_dim=1, hidden=(8,), num_classes=2, bins=4, latent_range=2.0,
+                   histogram_momentum=0.0, likelihood="gaussian-fixed", sampling="reweight")
+    model = build_model("dbvae", options)
+    model.train()
+    x, y = torch.randn(50, 2), torch.randint(0, 2, (50,))
+    model(x, y)                                               # fills the histogram from this batch
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        w = model.latent_weights(model.encode(x).mean)
+    assert float(w.max() / w.min()) > 1.5                     # the batch's codes are not all equally common
+    torch.manual_seed(1)
+    weighted = model(x, y).loss
+    model.load_state_dict(state)
+    model.config = dataclasses.replace(model.config, debias=False)   # the same step, uniform weights
+    torch.manual_seed(1)
+    terms = model(x, y).terms
+    per = terms["ce"] - (terms["rec"] - terms["kl"]) / 2
+    assert float(weighted) == pytest.approx(float((per * w * len(x)).mean()), rel=1e-5)
+    assert float(weighted) != pytest.approx(float(per.mean()), rel=1e-3)
+    with pytest.raises(ConfigError, match="sampling must be one of"):
+        build_model("dbvae", {**options, "sampling": "oversample"})
+
+
+def test_dbvae_debias_class_learns_and_evens_out_only_that_class():
+    torch.manual_seed(0)
+    options = dict(input_shape=(2,), latent_dim=1, hidden=(8,), num_classes=2, bins=4, latent_range=2.0,
+                   histogram_momentum=0.0, likelihood="gaussian-fixed", sampling="reweight", debias_class=1)
+    model = build_model("dbvae", options)
+    model.train()
+    x, y = torch.randn(60, 2), (torch.arange(60) % 3 == 0).long()      # 20 of class 1
+    model(x, y)
+    with torch.no_grad():
+        mean = model.encode(x).mean[y == 1, 0]
+    assert model.code_mean[0] == pytest.approx(float(mean.mean()), rel=1e-5)   # class 1's codes only
+    assert float(model.histogram.sum()) == pytest.approx(1.0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        w = model.latent_weights(model.encode(x[y == 1]).mean)
+    torch.manual_seed(1)
+    weighted = model(x, y).loss
+    model.load_state_dict(state)
+    model.config = dataclasses.replace(model.config, debias=False)
+    torch.manual_seed(1)
+    terms = model(x, y).terms
+    per = terms["ce"] - (terms["rec"] - terms["kl"]) / 2 * (y == 1)     # the VAE term on class 1 only
+    weight = torch.ones(60)
+    weight[y == 1] = w * 20                                  # mean 1 over class 1; class 0 keeps 1
+    assert float(weighted) == pytest.approx(float((per * weight).mean()), rel=1e-5)
+    for bad in (2, -1):
+        with pytest.raises(ConfigError, match="debias_class must be a class index"):
+            build_model("dbvae", {**options, "debias_class": bad})

@@ -63,6 +63,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     """The allowed values of a config field, by its name (one meaning across the configs)."""
     from .distributions import LIKELIHOODS
     from .models.autoencoder import AE_LOSSES, CODE_ACTIVATIONS, PRESETS, SPARSITY
+    from .models.dbvae import COMBINE, SAMPLING
     from .models.networks import ARCHITECTURES
     from .models.pixelcnn import HEADS
     from .models.sae import SAE_KINDS
@@ -77,7 +78,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "code_activation": CODE_ACTIVATIONS, "preset": ("none", *PRESETS), "norm": NORMS, "head": HEADS,
             "sparsity": SPARSITY, "reconstruction_loss": AE_LOSSES, "prior_model": PRIOR_MODELS,
             "upsample": ("transpose", "nearest"), "output_activation": ("sigmoid", "none"),
-            "corruption": tuple(CORRUPTIONS), "kind": SAE_KINDS}
+            "corruption": tuple(CORRUPTIONS), "kind": SAE_KINDS, "combine": COMBINE, "sampling": SAMPLING}
 
 
 def _field_comments(cls) -> dict[str, str]:

@@ -13,12 +13,17 @@ so inputs of a rare kind (a colour seen in 2% of the training set) are seen more
 
 Here the histograms are a running average over training batches, of codes standardized by
 their running mean and spread (model buffers: saved with the weights, so a resumed run
-continues exactly), and the resampling happens inside each
-uniformly drawn batch: B indices are drawn with replacement with probabilities ∝ W, which
-approximates drawing from the whole set ∝ W while the trainer's sampler stays the
-position-addressed one. ``debias=False`` is the plain classifier + VAE at the same budget.
+continues exactly). ``debias_class`` restricts the VAE term, the histograms and the weights
+to one class, as Amini et al. do for the faces of a face detector (the latent space then
+describes faces only; the other class's examples keep weight 1 and train only the
+classifier); by default every example takes part. ``sampling`` says how W acts on each uniformly
+drawn batch: "resample" draws the batch's places again with replacement ∝ W (the paper's
+rule, approximated inside the batch so the trainer's sampler stays the position-addressed
+one), "reweight" multiplies each example's loss by W normalised to mean 1 (the same
+expectation, without repeating the batch's few rare examples). ``debias=False`` is the plain
+classifier + VAE at the same budget.
 
-    loss = CE(logits, y) + vae_weight * (-ELBO(x)) / D      over the resampled batch
+    loss = CE(logits, y) + vae_weight * (-ELBO(x)) / D      over the resampled (or reweighted) batch
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ from .networks import build_decoder, build_encoder
 from .vae import VAE, VAEConfig
 
 COMBINE = ("product", "max")
+SAMPLING = ("resample", "reweight")
 
 
 def histogram_fractions(counts: torch.Tensor) -> torch.Tensor:
@@ -82,6 +88,8 @@ class DBVAEConfig(VAEConfig):
     histogram_momentum: float = 0.99       # running average of the histograms over training batches
     combine: str = "max"         # "max" of per-dimension weights (the MIT 6.S191 lab) or their "product" (the paper)
     vae_weight: float = 1.0      # weight on -ELBO per input dimension beside the cross-entropy
+    sampling: str = "resample"   # "resample" the batch ∝ W, or "reweight" each example's loss by W (mean 1)
+    debias_class: int | None = None  # the one class whose latent structure is learned and evened out (Amini et al.: faces); None: all
 
     def __post_init__(self):
         super().__post_init__()
@@ -94,6 +102,11 @@ class DBVAEConfig(VAEConfig):
             raise ConfigError(f"histogram_momentum must lie in [0, 1), got {self.histogram_momentum!r}")
         if self.combine not in COMBINE:
             raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
+        if self.debias_class is not None and not (isinstance(self.debias_class, int)
+                                                  and 0 <= self.debias_class < self.num_classes):
+            raise ConfigError(f"debias_class must be a class index in 0..{self.num_classes - 1}, got {self.debias_class!r}")
+        if self.sampling not in SAMPLING:
+            raise ConfigError(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
         if self.iw_samples > 1 or self.tc_weight:
             raise ConfigError("dbvae trains the plain ELBO: leave iw_samples = 1 and tc_weight = 0")
 
@@ -178,19 +191,31 @@ class DBVAE(VAE):
         c = self.config
         y = checked_labels(y, len(x), self.num_targets, x.device, "the DB-VAE classifier")
         q, logits = self._heads(x)
+        weight = None
         if self.training:
             uniform = q.mean.detach()       # the histograms describe the data, not the resampled batch
-            if c.debias and bool(self.histogram.sum() > 0):   # draw the batch again, ∝ 1 / latent density
-                w = self.latent_weights(uniform)
-                pick = torch.multinomial(w, len(x), replacement=True)     # global RNG: checkpointed
-                x, y, logits = x[pick], y[pick], logits[pick]
-                q = type(q)(q.mean[pick], q.log_var[pick])
-            self._update_statistics(uniform)
+            group = (torch.ones_like(y, dtype=torch.bool) if c.debias_class is None else y == c.debias_class)
+            rows = group.nonzero().squeeze(1)                 # the examples whose density is learned and used
+            if c.debias and len(rows) and bool(self.histogram.sum() > 0):
+                w = self.latent_weights(uniform[rows])        # sums to 1 over the group
+                if c.sampling == "reweight":                  # each loss x W, mean 1 over the group
+                    weight = torch.ones(len(x), dtype=w.dtype, device=w.device).index_copy_(0, rows, w * len(rows))
+                else:                                         # the group's places drawn again, ∝ W
+                    pick = torch.arange(len(x), device=x.device)
+                    pick[rows] = rows[torch.multinomial(w, len(rows), replacement=True)]   # global RNG: checkpointed
+                    x, y, logits = x[pick], y[pick], logits[pick]
+                    q = type(q)(q.mean[pick], q.log_var[pick])
+            if len(rows):
+                self._update_statistics(uniform[rows])
         ce = F.cross_entropy(logits, y, reduction="none")
         rec = self.decode(q.rsample()).log_prob(x)
         kl = q.kl_standard_normal()
         elbo = rec - kl
-        loss = ce.mean() - c.vae_weight * (rec - c.beta * warmup * kl).mean() / self.num_dims
+        vae = (rec - c.beta * warmup * kl) / self.num_dims
+        if c.debias_class is not None:        # the latent structure is the class's own (Amini et al.: faces only)
+            vae = vae * (y == c.debias_class).to(vae.dtype)
+        per = ce - c.vae_weight * vae
+        loss = (per * weight).mean() if weight is not None else per.mean()
         acc = (logits.argmax(1) == y).double()
         return Losses(loss, {"ce": ce.detach(), "accuracy": acc, "elbo": elbo.detach(),
                              "rec": rec.detach(), "kl": kl.detach()})
