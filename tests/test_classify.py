@@ -244,6 +244,7 @@ def test_train_dbvae_cli_writes_its_weights_figure_and_refuses_bad_input(tmp_pat
     np.save(tmp_path / "unlabelled.npy", x)
     for argv, message in [(("--data", "digits", "--alpha", 0), "alpha must be a positive"),
                           (("--data", "digits", "--alpha", -1), "alpha must be a positive"),
+                          (("--data", "digits", "--debias-class", 10), "debias_class must be a class index"),
                           (("--data", tmp_path / "unlabelled.npy"), "needs labels")]:
         code, out, err = run_cli(capsys, "train", "dbvae", "--epochs", 1, "--no-progress", *argv,
                                  "--out", tmp_path / "bad")
