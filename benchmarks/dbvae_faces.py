@@ -82,13 +82,25 @@ def scores(model, x, y, g) -> dict:
 
 
 @torch.no_grad()
-def grey_weight(model, data, is_grey) -> float:
-    """Mean resampling weight x N of the grey training faces among all training faces (1 = uniform)."""
+def grey_weight(model, data, is_grey) -> dict:
+    """How the DB-VAE's latent space sees the grey training faces among all training faces: their mean
+    resampling weight x N (1 = uniform), and the AUROC with which three rarity scores of the codes
+    tell them from the colour faces: the DB-VAE weight, the Mahalanobis distance and the distance
+    to the 10th nearest neighbour (standardized codes)."""
+    from sklearn.metrics import roc_auc_score
+
     faces = np.flatnonzero(np.asarray(data.train.y) == 1)
     x = np.asarray(data.train.x)[faces]
     mean = torch.cat([model.encode(torch.from_numpy(b)).mean for b in np.array_split(x, 20)])
     w = model.latent_weights(mean).double().numpy() * len(faces)
-    return float(w[is_grey].mean())
+    z = model.standardized(mean).double()
+    z = z - z.mean(0)
+    maha = (z @ torch.linalg.inv(torch.cov(z.T)) * z).sum(1).numpy()
+    dist = torch.cdist(z.float(), z.float())
+    dist.fill_diagonal_(float("inf"))
+    knn = dist.topk(10, dim=1, largest=False).values[:, -1].numpy()
+    return {"weight": float(w[is_grey].mean()), "auroc_weight": roc_auc_score(is_grey, w),
+            "auroc_mahalanobis": roc_auc_score(is_grey, maha), "auroc_knn": roc_auc_score(is_grey, knn)}
 
 
 def main() -> None:
@@ -133,6 +145,9 @@ def main() -> None:
         v = 100 * np.array([r[part][key] for r in results[name]])
         return v.mean(), v.std(ddof=1) if len(v) > 1 else 0.0
 
+    def gw(key):
+        return f"{np.mean([r['grey_weight'][key] for r in results['DB-VAE']]):.2f}"
+
     rows = []
     for part in ("val", "test"):
         for name in results:
@@ -157,7 +172,9 @@ Model: `dbvae`, conv (32, 64), z = {args.latent_dim}, Bernoulli decoder on the s
 (`debias_class` = faces{', here every example' if args.all_classes else ''}; the VAE term is the faces' only). The oracle row is not a method: plain
 training told the group, each grey training face repeated {args.oracle + 1} times ({oracle_rows / len(data.train):.2f}x the rows an epoch): what
 evening out the grey faces could reach at this budget. Mean DB-VAE weight (x N over the training faces, 1 = uniform) of the grey
-training faces: {np.mean([r['grey_weight'] for r in results['DB-VAE']]):.2f}.
+training faces: {gw('weight')}; how well rarity scores of the DB-VAE's codes tell the grey training faces from the colour ones
+(AUROC, 0.5 = not at all): its weight {gw('auroc_weight')}, Mahalanobis distance {gw('auroc_mahalanobis')}, distance to the
+10th nearest neighbour {gw('auroc_knn')}.
 
 | split | training | overall (group mean) % | worst group % | colour face / grey face / non-face % |
 |---|---|---|---|---|
