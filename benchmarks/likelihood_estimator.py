@@ -4,7 +4,9 @@ zspace estimator (kept below as `previous_estimator`: BCE-with-logits decoder de
 densities of z written with z) on a subset with the same draws, and (b) pythae 0.1.2's
 `VAE.get_nll` on the same weights, on a subset (it loops over images in Python), in the same
 run. GFLOP/s counts the decoder's matrix products, 2 k N (50*200 + 200*200 + 200*784), the
-work every estimator must do.
+work every estimator must do; the floor is those products alone (three addmm calls on one
+chunk's rows, timed in the same run and scaled to the whole estimate). zspace's estimator
+runs its chunks through torch.compile at this size; the compilation is inside the timing.
 
 The model: a run folder (--run); trained here first if missing (--train-epochs of the
 likelihood benchmark's recipe: batch 100, Adam 3e-3 cosine, elu, seed 0). Its quality
@@ -53,6 +55,25 @@ def previous_estimator(model, x, k, max_elements=1 << 24):
     return total - math.log(k)
 
 
+@torch.no_grad()
+def products_floor(model, batch_size, k, n, repeats=300):
+    """Seconds that the decoder's matrix products alone take for k samples of n images, in the
+    estimator's chunks (its default 2^20 output values), best of three timings."""
+    chunk = max(1, min(k, (1 << 20) // (batch_size * model.num_dims)))
+    rows = chunk * batch_size
+    linears = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(rows, lin.in_features) for lin in linears]
+    weights = [(lin.bias, lin.weight.t()) for lin in linears]
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for a, (b, w) in zip(inputs, weights):
+                torch.addmm(b, a, w)
+        best = min(best, (time.perf_counter() - t0) / repeats)
+    return best * k * n / rows
+
+
 def timed(fn, batches, k, seed):
     torch.manual_seed(seed)
     t0 = time.perf_counter()
@@ -92,6 +113,8 @@ def main() -> None:
 
     load = lambda: round(os.getloadavg()[0], 1)   # noqa: E731
     load0 = load()
+    floor = products_floor(model, args.batch_size, args.samples, n)
+    print(f"floor (the decoder's products alone): {floor / 60:.2f} min", flush=True)
     new = lambda x, k: importance_sampled_log_likelihood(model, x, k)            # noqa: E731
     old = lambda x, k: previous_estimator(model, x, k)                           # noqa: E731
     ll, sec = timed(new, batches, args.samples, args.seed)
@@ -133,7 +156,7 @@ def main() -> None:
               f"{py['seconds'] / sec_sub:.1f}x), NLL {py['nll_nats']:.2f} (zspace {py['zspace_nll']:.2f})", flush=True)
     load1 = load()
 
-    result = {"images": n, "samples": args.samples, "threads": args.threads, "seconds": sec,
+    result = {"images": n, "samples": args.samples, "threads": args.threads, "seconds": sec, "floor_seconds": floor,
               "gflops": gflops(n, sec), "nll": nll.mean().item(), "nll_se": (nll.std() / math.sqrt(n)).item(),
               "previous": {"images": m, "seconds": sec_old, "new_seconds": sec_new, "max_abs_diff": diff,
                            "nll": nll_old_sub, "se": se_sub, "new_full_run_nll_same_images": nll_full_on_sub},
@@ -151,14 +174,16 @@ def main() -> None:
 
 Command: `{command_line()}`
 Machine: {machine()}; {args.threads} threads; 1-minute load average {load0} at the start and {load1} at the end
-(other sessions shared the 2 cores: times are wall-clock under that load).
+(wall-clock times; on this VM the same work varies by up to 1.5x between runs, so the floor is timed in the same run).
 Model: `{args.run}` (MLP VAE, elu, Bernoulli decoder; {model.describe()}). Estimator: k = {args.samples}
-importance samples per image, encoder proposal, batches of {args.batch_size} images, fp32, log-sum-exp in float64.
+importance samples per image, encoder proposal, batches of {args.batch_size} images, fp32, log-sum-exp in float64,
+chunks through torch.compile (its compilation, ~10 s, inside the time).
 GFLOP/s: the decoder's matrix products only ({flop_per_pass / 1e6:.2f} MFLOP per pass).
 
 | | value |
 |---|---|
 | all {n} test images, k = {args.samples} | **{sec / 60:.2f} min**, {gflops(n, sec):.1f} GFLOP/s; NLL {nll.mean():.2f} ± {result['nll_se']:.2f} nats |
+| the decoder's products alone, same chunks, same run (the floor) | {floor / 60:.2f} min: the estimator takes **{sec / floor:.2f}×** the floor |
 | target ≤ 3 min | **{target}** |
 | previous zspace estimator (its own chunks of 2^24 values), first {m} images | {sec_old:.1f} s against {sec_new:.1f} s: **{sec_old / sec_new:.2f}× slower**; run again with the new chunk size, so with the same draws, the largest difference per image is {diff:.1e} nats (same estimate) |
 | the previous estimator's NLL on those {m} images vs the full run's (other draws) | {nll_old_sub:.2f} ± {se_sub:.2f} against {nll_full_on_sub:.2f} |

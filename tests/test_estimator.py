@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from zspace import VAE, VAEConfig
 from zspace.distributions import Bernoulli
 from zspace.evaluation import importance_sampled_log_likelihood
+from zspace.evaluation import likelihood as likelihood_module
 from zspace.models.vae import CVAE, CVAEConfig
 
 LOG_2PI = math.log(2 * math.pi)
@@ -88,6 +89,51 @@ def test_estimator_equals_reference_for_every_decoder_likelihood(likelihood, arc
         got = importance_sampled_log_likelihood(m, x, k, max_elements=max_elements, y=y, eps=eps)
         assert got.dtype == torch.float64 and got.shape == (len(x),)
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("likelihood,arch,conditional", [("bernoulli", "mlp", False), ("logistic", "conv", False),
+                                                       ("gaussian-learned", "mlp", True)])
+def test_compiled_estimator_equals_reference_and_the_eager_path(likelihood, arch, conditional):
+    """The torch.compile path (chosen by default for large k) gives the reference's estimate, and
+    with the same seed the eager path's: the draws are made outside the compiled code."""
+    m, x = _model(likelihood, arch, conditional), _data(likelihood)
+    y = torch.tensor([0, 1, 2, 0, 1, 2]) if conditional else None
+    eps = torch.randn(37, len(x), 3, generator=torch.Generator().manual_seed(2))
+    got = importance_sampled_log_likelihood(m, x, 37, max_elements=200, y=y, eps=eps, compile=True)
+    np.testing.assert_allclose(got.numpy(), reference_log_likelihood(m, x, eps, y), rtol=1e-5, atol=1e-3)
+    torch.manual_seed(5)
+    a = importance_sampled_log_likelihood(m, x, 11, y=y, compile=True)
+    torch.manual_seed(5)
+    b = importance_sampled_log_likelihood(m, x, 11, y=y, compile=False)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-4)
+    assert likelihood_module._compile_state["failed"] is None
+
+
+def test_estimator_falls_back_to_eager_when_compiling_fails(monkeypatch):
+    """A compiler failure (no C++ compiler, say) warns once and gives the eager estimate."""
+    def broken(*args):
+        raise RuntimeError("InductorError: no working C++ compiler found")
+    monkeypatch.setattr(likelihood_module, "_compile_state", {"fn": broken, "failed": None})
+    m, x = _model("bernoulli"), _data("bernoulli")
+    eps = torch.randn(9, len(x), 3, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(RuntimeWarning, match="no working C.. compiler"):
+        got = importance_sampled_log_likelihood(m, x, 9, max_elements=200, eps=eps, compile=True)
+    np.testing.assert_allclose(got.numpy(), reference_log_likelihood(m, x, eps), rtol=1e-5, atol=1e-3)
+    assert "RuntimeError" in likelihood_module._compile_state["failed"]
+    again = importance_sampled_log_likelihood(m, x, 9, max_elements=200, eps=eps, compile=True)   # no second try
+    assert torch.equal(again, got)
+
+
+def test_large_estimates_choose_the_compiled_path(monkeypatch):
+    calls = []
+    monkeypatch.setattr(likelihood_module, "_run_chunk", lambda step, *a: calls.append(step) or
+                        likelihood_module._chunk_log_sum(*a))
+    m, x = _model("bernoulli"), _data("bernoulli")
+    importance_sampled_log_likelihood(m, x, 5)
+    assert calls[-1] is likelihood_module._chunk_log_sum
+    monkeypatch.setattr(likelihood_module, "COMPILE_MIN_ELEMENTS", 5 * len(x) * 64)
+    importance_sampled_log_likelihood(m, x, 5)
+    assert calls[-1] is not likelihood_module._chunk_log_sum
 
 
 def test_estimator_draws_from_the_global_rng_like_rsample():

@@ -79,7 +79,11 @@ class Bernoulli:
         logits, with no broadcast copy of x (the importance-sampled NLL spends much of its time
         here): softplus with autograd, vectorised passes without."""
         l = self.logits
-        if torch.is_grad_enabled() and l.requires_grad:
+        if torch.compiler.is_compiling():
+            # one fused loop under torch.compile, out of place (the in-place passes below
+            # compile to slower code, and softplus's log1p is 1.8x dearer than log(1 + u) here)
+            nll = torch.log(1 + torch.exp(-l.abs())) + l.clamp_min(0) - l * x
+        elif torch.is_grad_enabled() and l.requires_grad:
             # softplus(l) - x l >= 0 per dimension; in place is safe for autograd (softplus's
             # backward reads its input, not its output)
             nll = F.softplus(l).addcmul_(l, x, value=-1.0)

@@ -7,10 +7,19 @@ The importance-sampled estimate (Burda et al. 2016, eq. 8 with the encoder as pr
 is a stochastic lower bound on log p(x) that rises with k; the NLL reported is its
 negative, in nats per example. Samples are drawn in chunks with a running
 log-sum-exp, so memory stays bounded for any k (k = 5000 included).
+
+A large estimate (k x batch x output values >= COMPILE_MIN_ELEMENTS, e.g. k = 5000) runs each
+chunk through ``torch.compile``: the decoder's bias and activation passes, the likelihood's
+log-density, its sum and the log-sum-exp become a few fused loops instead of a dozen passes
+over memory (2.0x per chunk for the 784-200-200-50 VAE on this 2-core CPU; the products are
+unchanged). The draws are made outside the compiled code, so both paths see the same normals
+and agree to float rounding. Where compilation is unavailable (no C++ compiler, an
+unsupported backend) the estimate falls back to the eager path once, with a warning.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -36,10 +45,41 @@ def bits_per_dim(nll_nats, num_dims: int, offset_nats_per_dim: float = 0.0):
     return (nll_nats / num_dims + offset_nats_per_dim) / LN2
 
 
+COMPILE_MIN_ELEMENTS = 1 << 27   # decoder output values in one call (k = 5000 on 100 MNIST images: 3.9e8)
+_compile_state = {"fn": None, "failed": None}
+
+
+def _chunk_log_sum(model, x, q, eps, y):
+    """log sum_i w_i over one chunk of draws, (B,) in float64."""
+    return torch.logsumexp(model.log_importance_weights(x, q, eps.shape[0], y, eps=eps).double(), dim=0)
+
+
+def _compiled_chunk_log_sum():
+    """The compiled chunk (one per process; torch.compile recompiles per model structure and shape),
+    or None where compiling failed before."""
+    if _compile_state["failed"] is not None:
+        return None
+    if _compile_state["fn"] is None:
+        _compile_state["fn"] = torch.compile(_chunk_log_sum, dynamic=False)
+    return _compile_state["fn"]
+
+
+def _run_chunk(step, model, x, q, eps, y):
+    if step is _chunk_log_sum:
+        return step(model, x, q, eps, y)
+    try:
+        return step(model, x, q, eps, y)
+    except Exception as e:   # noqa: BLE001  (any compiler failure: the eager path below re-raises real errors)
+        _compile_state["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        warnings.warn(f"torch.compile unavailable for the likelihood estimator ({_compile_state['failed'][:200]}); "
+                      "using the eager path", RuntimeWarning, stacklevel=3)
+        return _chunk_log_sum(model, x, q, eps, y)
+
+
 @torch.no_grad()
 def importance_sampled_log_likelihood(model, x: torch.Tensor, num_samples: int,
                                       max_elements: int = 1 << 20, y=None, eps: torch.Tensor | None = None,
-                                      posterior=None) -> torch.Tensor:
+                                      posterior=None, compile: bool | None = None) -> torch.Tensor:
     """log p(x) estimate per example, (B,), with ``num_samples`` importance samples
     (log p(x|y) for a conditional model, given the labels ``y``).
 
@@ -48,8 +88,10 @@ def importance_sampled_log_likelihood(model, x: torch.Tensor, num_samples: int,
     (its 64 MB temporaries were mmapped and page-faulted afresh every chunk), and 2^18 pays
     more in per-op overhead than it saves.
     ``eps`` (num_samples, B, latent_dim): the standard-normal draws behind the samples
-    z = mean + std * eps, where the caller fixes them (default: the global RNG);
-    ``posterior``: q(z|x) if already computed.
+    z = mean + std * eps, where the caller fixes them (default: the global RNG, one chunk's
+    draws at a time); ``posterior``: q(z|x) if already computed; ``compile``: run the chunks
+    through torch.compile (None: when the call is large enough to repay the compilation,
+    num_samples x B x output values >= COMPILE_MIN_ELEMENTS).
     """
     if num_samples < 1:
         raise ConfigError(f"number of importance samples must be >= 1, got {num_samples}")
@@ -58,13 +100,16 @@ def importance_sampled_log_likelihood(model, x: torch.Tensor, num_samples: int,
         raise ConfigError(f"eps must have shape {(num_samples, *q.mean.shape)}, got {tuple(eps.shape)}")
     per_sample = x.shape[0] * model.num_dims * model.likelihood.params_per_dim
     chunk = max(1, min(num_samples, max_elements // max(per_sample, 1)))
+    if compile is None:
+        compile = num_samples * per_sample >= COMPILE_MIN_ELEMENTS
+    step = (_compiled_chunk_log_sum() if compile else None) or _chunk_log_sum
     total = torch.full((x.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
     done = 0
     while done < num_samples:
         k = min(chunk, num_samples - done)
-        part = None if eps is None else eps[done:done + k]
-        log_w = model.log_importance_weights(x, q, k, y, eps=part).double()   # (k, B)
-        total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+        part = (torch.randn((k, *q.mean.shape), dtype=q.mean.dtype, device=q.mean.device) if eps is None
+                else eps[done:done + k].to(q.mean))
+        total = torch.logaddexp(total, _run_chunk(step, model, x, q, part, y))
         done += k
     return total - math.log(num_samples)
 
