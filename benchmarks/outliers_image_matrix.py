@@ -7,7 +7,8 @@ its training split (seed 0), and zspace.image_detect.ImageOutlierDetector is fit
 images; outliers, each a pair: the other 28x28 set, the procedural shapes (32 -> 28), the 8x8
 digits upscaled, Olivetti faces (64 -> 28) and Frey faces (28x20 -> 28x28), uniform noise, and the
 inliers flipped left-right, upside down and inverted. Every score of the detector is computed
-once per image; AUROC per pair and score.
+once per image; AUROC per pair and score. `ood_flip_ceiling.py` measures what a CNN told the
+flips reaches on the flip pairs.
 
 **Leave-pairs-out**: for each pair, the score with the best mean AUROC on the *other* pairs is
 chosen and its AUROC on the held-out pair reported: the honest row. The raw likelihood's row
@@ -28,10 +29,10 @@ import zspace
 from _common import ROOT, SHARED_DATA, command_line, machine, update_section, use_shared_data
 from zspace.data import DataSplits
 from zspace.evaluation import outliers as O
-from zspace.image_detect import COMBINED_MEMBERS, ImageOutlierDetector
+from zspace.image_detect import COMBINED_MEMBERS, ImageOutlierDetector, combined_score, fit_combined
 
 INSIDE = ("fashion-mnist", "mnist")
-SINGLE = ("nll", "complexity", "typicality", "reconstruction", "mahalanobis")
+SINGLE = ("nll", "complexity", "typicality", "orientation", "reconstruction", "mahalanobis")
 
 
 def resize(x: np.ndarray, size=(28, 28)) -> np.ndarray:
@@ -121,7 +122,9 @@ Machine: {machine()}; {args.threads} threads.
 Model per in-distribution set: MLP VAE 784-{'-'.join(map(str, hidden))}-{args.latent_dim} (elu), Bernoulli decoder on grey levels in
 [0, 1], {args.epochs} epochs, batch 128, Adam 1e-3 cosine, seed 0. Detector statistics fitted on {args.fit_images} training
 images only; NLL importance-sampled (k = {args.num_samples}, nats); complexity = NLL bits − PNG bits; "combined" = the
-library's default, a Gaussian over the robust-standardised ({', '.join(COMBINED_MEMBERS)}). Inliers: {args.limit}
+library's default: the larger of two robust-standardised scores, the Mahalanobis distance under a Gaussian over the
+standardised (nll, complexity, reconstruction, mahalanobis) and orientation (NLL − the lower NLL of the image mirrored
+left-right or upside down); "Gaussian of four (before)" = the earlier default, the distance alone. Inliers: {args.limit}
 test images; outliers: {args.limit} images (Olivetti 400, 8×8 digits {len(zspace.load_dataset('digits').test)}), resized bilinearly to 28×28.
 Leave-pairs-out: for each pair the score with the best mean AUROC over the other {len(pairs) - 1} pairs.
 
@@ -137,20 +140,24 @@ The raw-likelihood column ("nll") keeps Nalisnick et al. (2019)'s failure visibl
 
 
 def _scores_of(det, st_train, stats) -> dict[str, dict[str, np.ndarray]]:
-    """{score: {set: (N,) scores}} for every single statistic and the default combination."""
+    """{score: {set: (N,) scores}} for every single statistic, the library's default combination
+    and, for comparison, its earlier form (the Gaussian over the four others, no orientation)."""
     det.typical_nll_ = float(st_train["nll"].mean())
     det.latent_ = O.LatentGaussian(st_train["codes"])
     members = det.members
     train = det.member_scores(st_train)
-    combo_cols = [members.index(m) for m in COMBINED_MEMBERS]
-    combo = O.ScoreCombination.fit(train[:, combo_cols], "gaussian")
-    out = {s: {} for s in (*SINGLE, "combined")}
+    cols = [members.index(m) for m in COMBINED_MEMBERS]
+    gaussian, either = fit_combined(train[:, cols], COMBINED_MEMBERS)
+    four = [members.index(m) for m in COMBINED_MEMBERS if m != "orientation"]
+    old = O.ScoreCombination.fit(train[:, four], "gaussian")
+    out = {s: {} for s in (*SINGLE, "Gaussian of four (before)", "combined")}
     for name, st in stats.items():
         m = det.member_scores(st)
         for i, s in enumerate(members):
             if s in out:
                 out[s][name] = m[:, i]
-        out["combined"][name] = combo.score(m[:, combo_cols])
+        out["Gaussian of four (before)"][name] = old.score(m[:, four])
+        out["combined"][name] = combined_score(m[:, cols], COMBINED_MEMBERS, gaussian, either)
     return out
 
 

@@ -32,7 +32,7 @@ def shapes8(n=300):
 def test_default_score_flags_unseen_shapes_and_inverted_digits(runs):
     digits, vae, _ = runs
     det = ImageOutlierDetector.from_run(vae).fit(digits.train.x)
-    assert det.members == ("nll", "complexity", "reconstruction", "mahalanobis")
+    assert det.members == ("nll", "complexity", "reconstruction", "mahalanobis", "orientation")
     inliers = det.decision_function(digits.test.x)
     for outliers in (shapes8(), 255 - digits.test.x):
         scores = det.decision_function(outliers)
@@ -44,6 +44,45 @@ def test_default_score_flags_unseen_shapes_and_inverted_digits(runs):
     # the same images as flattened floats in [0, 1] (what the CLI passes) score the same
     flat = digits.test.x.reshape(len(digits.test.x), -1) / 255.0
     assert np.allclose(det.decision_function(flat), inliers)
+
+
+def test_orientation_score_is_the_nll_minus_the_likelier_flip_and_flags_mirrored_digits(runs):
+    digits, vae, _ = runs
+    det = ImageOutlierDetector.from_run(vae, score_type="orientation", num_samples=8).fit(digits.train.x)
+    x = digits.test.x
+    st = det.statistics(x)
+    assert np.array_equal(det.member_scores(st)[:, 0], st["nll"] - st["nll_flipped"])
+    # the flipped NLL is the lower of the two mirror images' (other Monte-Carlo draws: close, not equal)
+    nll = ImageOutlierDetector.from_run(vae, score_type="nll", num_samples=8)
+    want = np.minimum(nll.statistics(x[..., ::-1])["nll"], nll.statistics(x[..., ::-1, :])["nll"])
+    assert np.corrcoef(want, st["nll_flipped"])[0, 1] > 0.98 and np.median(np.abs(want - st["nll_flipped"])) < 1.0
+    inliers, raw = det.decision_function(x), st["nll"]
+    assert np.median(inliers) < 0                       # the model prefers digits the right way round
+    for flipped in (x[..., ::-1], x[..., ::-1, :]):
+        flipped = np.ascontiguousarray(flipped)
+        y = np.r_[np.zeros(len(inliers), int), np.ones(len(flipped), int)]
+        got = O.auroc(y, np.r_[inliers, det.decision_function(flipped)])
+        plain = O.auroc(y, np.r_[raw, det.statistics(flipped)["nll"]])
+        assert got > 0.75 and got > plain + 0.1         # pairing each image with its mirror beats raw NLL
+
+
+def test_combined_is_the_larger_standardised_of_the_gaussian_distance_and_orientation(runs, tmp_path):
+    digits, vae, _ = runs
+    det = ImageOutlierDetector.from_run(vae, num_samples=8).fit(digits.train.x)
+    x = np.ascontiguousarray(digits.test.x[..., ::-1])
+    s = det.member_scores(det.statistics(x))
+    d = O.ScoreCombination.fit(det.member_scores(det.statistics(digits.train.x))[:, :4], "gaussian").score(s[:, :4])
+    z = (np.column_stack([d, s[:, 4]]) - det.either_.center) / det.either_.scale
+    np.testing.assert_allclose(det.decision_function(x), z.max(1), rtol=1e-9)
+    assert np.allclose(det.either_.center[0], np.median(det.combination_.score(
+        det.member_scores(det.statistics(digits.train.x))[:, :4])))
+    # a detector saved with the earlier four members (no orientation) still loads and scores as saved
+    old = ImageOutlierDetector.from_run(vae, num_samples=8)
+    old.members = old.members[:4]
+    old.fit(digits.train.x)
+    back = load_detector(save_detector(old, tmp_path / "old"))
+    assert back.members == old.members and back.either_ is None
+    assert np.array_equal(back.decision_function(shapes8(50)), old.decision_function(shapes8(50)))
 
 
 def test_saved_image_detector_scores_exactly_as_fitted(runs, tmp_path):

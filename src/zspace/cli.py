@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--data", help="named set or .npy/.npz/.csv/IDX file (images are flattened); with --run: "
                     "the in-distribution images to fit on (default: the run's training images)")
     df.add_argument("--run", type=Path, help="image detector on this trained run's model (--score: combined "
-                    "(default), nll, complexity, typicality, likelihood-ratio, reconstruction, mahalanobis)")
+                    "(default), nll, complexity, typicality, likelihood-ratio, orientation, reconstruction, mahalanobis)")
     df.add_argument("--background", type=Path, help="with --run: a background run (trained with "
                     "--input-mutation) for the likelihood-ratio score")
     df.add_argument("--limit", type=int, default=10000, help="with --run: at most this many images to fit on")
