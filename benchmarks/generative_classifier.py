@@ -32,14 +32,14 @@ from torch import nn
 
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
-from zspace.classify import (bayes_posterior, class_log_likelihoods, log_class_prior, rejection_scores,
-                             seen_images, selective_accuracy)
+from zspace.classify import CombinedRejection, log_class_prior, member_scores, selective_accuracy
 from zspace.data import ArrayData, BatchLoader
 from zspace.data.shapes import Shapes
 from zspace.evaluation.outliers import auroc
 from zspace.rng import seeded
 
 OTHER = {"fashion-mnist": "mnist", "mnist": "fashion-mnist"}
+GEN = {"nll": "-log p(x)", "complexity": "complexity-corrected", "orientation": "orientation", "combined": "combined"}
 COVERAGES = (1.0, 0.95, 0.9, 0.8, 0.7, 0.5)
 
 
@@ -76,14 +76,12 @@ def cnn_logits(model, x: np.ndarray) -> np.ndarray:
 
 
 def generative_scores(run, x: np.ndarray, k: int, log_prior: np.ndarray) -> dict:
-    """Posterior, -log p(x) and the complexity-corrected score of uint8 images (N, 28, 28)."""
+    """Posterior and the library's member rejection scores (nll, complexity, orientation) of uint8
+    images (N, 28, 28)."""
     data = ArrayData(x[:, None], name="eval")
     loader = BatchLoader(data, 250, run.preprocessing, shuffle=False, seed=12345)
-    lp, _ = class_log_likelihoods(run.model, loader.epoch(0), num_samples=k, seed=0)
-    post, log_px = bayes_posterior(lp, log_prior)
-    seen = np.concatenate([seen_images(b.x) for b in loader.epoch(0)])   # what the model scored (binarized)
-    return {"post": post, "nll": rejection_scores(log_px),
-            "complexity": rejection_scores(log_px, seen, "complexity")}
+    post, _, members = member_scores(run.model, loader.epoch(0), k, 0, log_prior)
+    return {"post": post, **members}
 
 
 def main() -> None:
@@ -142,6 +140,10 @@ def main() -> None:
     t0 = time.perf_counter()
     g_in = generative_scores(cvae, xte, args.nll_samples, prior)
     g_out = {name: generative_scores(cvae, x, args.nll_samples, prior) for name, x in ood.items()}
+    # "combined" standardised on held-out inliers, as classify_run does: here 1000 training images
+    combined = CombinedRejection(generative_scores(cvae, xtr[-1000:], args.nll_samples, prior))
+    for g in (g_in, *g_out.values()):
+        g["combined"] = combined.score(g)
     t_eval = time.perf_counter() - t0
     logits_in = cnn_logits(cnn, xte)
     logits_out = {name: cnn_logits(cnn, x) for name, x in ood.items()}
@@ -162,15 +164,13 @@ def main() -> None:
     rows, met = [], []
     for name in ood:
         lab = np.r_[np.zeros(len(xte)), np.ones(len(ood[name]))]
-        a = {"CVAE -log p(x)": auroc(lab, np.r_[g_in["nll"], g_out[name]["nll"]]),
-             "CVAE complexity-corrected": auroc(lab, np.r_[g_in["complexity"], g_out[name]["complexity"]]),
-             "CNN max softmax": auroc(lab, np.r_[msp(logits_in), msp(logits_out[name])]),
-             "CNN energy": auroc(lab, np.r_[energy(logits_in), energy(logits_out[name])])}
-        best_gen = max(a["CVAE -log p(x)"], a["CVAE complexity-corrected"])
+        a = {f"CVAE {GEN[m]}": auroc(lab, np.r_[g_in[m], g_out[name][m]]) for m in GEN}
+        a |= {"CNN max softmax": auroc(lab, np.r_[msp(logits_in), msp(logits_out[name])]),
+              "CNN energy": auroc(lab, np.r_[energy(logits_in), energy(logits_out[name])])}
         best_disc = max(a["CNN max softmax"], a["CNN energy"])
-        met.append(best_gen > best_disc)
+        met.append(a["CVAE combined"] > best_disc)
         rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in a.values()) +
-                    f" | {'yes' if best_gen > best_disc else 'no'} |")
+                    f" | {'yes' if met[-1] else 'no'} |")
 
     pixel = ""
     if args.pixelcnn_train:
@@ -199,13 +199,16 @@ Selective accuracy (accuracy of the kept inputs) against coverage:
         f"| {k} | " + " | ".join(f"{100 * a:.2f}" for _, a in v) + " |" for k, v in sel.items()) + f"""
 
 Rejection of other data: AUROC, {args.data} test images (negatives) against {args.limit} images of each set
-(positives); higher score = rejected. Complexity: PNG (zlib 9) code length of the binarized image the CVAE sees.
+(positives); higher score = rejected. Complexity: PNG (zlib 9) code length of the binarized image the CVAE sees;
+orientation: -log p(x) minus the lower of its left-right and upside-down mirror images'; combined (the one judged
+against the target, a single score for every pair): the largest of the three, each standardised by its median
+and IQR on 1000 held-out training images.
 
-| other data | CVAE -log p(x) | CVAE complexity-corrected | CNN max softmax | CNN energy | generative above both |
-|---|---|---|---|---|---|
+| other data | CVAE -log p(x) | CVAE complexity-corrected | CVAE orientation | CVAE combined | CNN max softmax | CNN energy | combined above both |
+|---|---|---|---|---|---|---|---|
 """ + "\n".join(rows) + f"""
 
-Targets (issue 21): rejection AUROC above both discriminative baselines on every pair —
+Targets (issue 21): rejection AUROC (the combined score) above both discriminative baselines on every pair —
 **{'met' if all(met) else 'not met'}** ({sum(met)} of {len(met)}); accuracy within 2 points of the CNN —
 **{'met' if gap <= 2 else 'not met'}** (CNN {100 * acc['small CNN']:.2f}%, CVAE {100 * acc["CVAE, Bayes' rule"]:.2f}%,
 gap {gap:.2f} points).

@@ -9,8 +9,8 @@ import torch
 from sklearn.utils.estimator_checks import check_estimator
 
 from zspace import ConfigError
-from zspace.classify import (GenerativeClassifier, bayes_posterior, class_log_likelihoods, coverage_threshold,
-                             selective_accuracy)
+from zspace.classify import (CombinedRejection, GenerativeClassifier, bayes_posterior, class_log_likelihoods,
+                             coverage_threshold, member_scores, selective_accuracy)
 from zspace.cli import main
 from zspace.data.loader import Batch
 from zspace.evaluation.likelihood import importance_sampled_log_likelihood
@@ -207,6 +207,32 @@ TRAIN = ["--data", "digits", "--latent-dim", "4", "--hidden", "64", "--epochs", 
          "--eval-limit", "100", "--no-progress"]
 
 
+def test_member_rejection_scores_orientation_and_their_combination():
+    """orientation = NLL(x) minus the lower NLL of the two mirror images, on the same draws; combined =
+    the largest member standardised by the reference's median and IQR."""
+    torch.manual_seed(0)
+    model = build_model("cvae", {"input_shape": (1, 6, 6), "num_classes": 3, "latent_dim": 2, "hidden": (16,)}).eval()
+    x = torch.rand(7, 1, 6, 6).round()
+    batches = [Batch(x[:4], None, np.arange(4)), Batch(x[4:], None, np.arange(4, 7))]
+    prior = np.log(np.full(3, 1 / 3))
+    post, _, m = member_scores(model, batches, 5, 3, prior)
+    def log_px(imgs):
+        return bayes_posterior(class_log_likelihoods(model, [Batch(i, None, np.arange(len(i))) for i in imgs], 5, 3)[0],
+                               prior)[1]
+    nll = -log_px([x[:4], x[4:]])
+    flips = np.maximum(log_px([x[:4].flip(-1), x[4:].flip(-1)]), log_px([x[:4].flip(-2), x[4:].flip(-2)]))
+    np.testing.assert_allclose(m["nll"], nll, rtol=1e-12)
+    np.testing.assert_allclose(m["orientation"], nll + flips, rtol=1e-12)
+    assert post.shape == (7, 3) and set(m) == {"nll", "complexity", "orientation"}
+    ref = {k: v[:5] for k, v in m.items()}
+    comb = CombinedRejection(ref)
+    z = np.column_stack([(m[k] - np.median(ref[k])) / np.subtract(*np.quantile(ref[k], [0.75, 0.25]))
+                         for k in ("nll", "complexity", "orientation")])
+    np.testing.assert_allclose(comb.score(m), z.max(1), rtol=1e-9)
+    with pytest.raises(ConfigError, match="images"):
+        member_scores(model, [Batch(x.flatten(1), None, np.arange(7))], 5, 3, prior)
+
+
 def test_classify_cli_end_to_end_and_its_user_errors(tmp_path, capsys):
     run = tmp_path / "cvae"
     code, out, err = run_cli(capsys, "train", "cvae", *TRAIN, "--num-classes", 10, "--lr", "0.003", "--out", run)
@@ -222,6 +248,11 @@ def test_classify_cli_end_to_end_and_its_user_errors(tmp_path, capsys):
     code, out, err = run_cli(capsys, "classify", run, "--score", "complexity", "--coverage", 0.8, "--calibrate", 50,
                              "--limit", 50, "--nll-samples", 3)
     assert code == 0 and "complexity score" in out and "50 examples" in out, err
+    code, out, err = run_cli(capsys, "classify", run, "--score", "combined", "--coverage", 0.8, "--calibrate", 60,
+                             "--limit", 40, "--nll-samples", 3, "--json", tmp_path / "k.json")
+    assert code == 0 and "combined score" in out, err
+    k = json.loads((tmp_path / "k.json").read_text())
+    assert k["calibration_examples"] == 60 and 0 < k["accepted"] <= 1
     per_class = tmp_path / "per-class"        # a per-class run is rebuilt from its config.json alone
     assert run_cli(capsys, "train", "cvae", *TRAIN, "--num-classes", 10, "--per-class", "--out", per_class)[0] == 0
     code, out, err = run_cli(capsys, "classify", per_class, "--calibrate", 100, "--nll-samples", 3)

@@ -7,8 +7,9 @@ class-conditional model, with a reject option.
     p(y | x)     = p(x | y) p(y) / p(x),     p(x) = sum_y p(x | y) p(y)
 
 An input is predicted argmax_y p(y | x), and rejected when its score -log p(x) (nats) — or
-the complexity-corrected score of Serrà et al. 2020, NLL in bits minus PNG's code length —
-lies above a threshold set on in-distribution held-out data so that a target fraction (the
+the complexity-corrected score of Serrà et al. 2020, NLL in bits minus PNG's code length; or
+orientation, the NLL minus that of the likelier mirror image; or combined, the largest of the
+three standardised on the held-out inliers — lies above a threshold set on in-distribution held-out data so that a target fraction (the
 coverage) is kept. A discriminative classifier has no p(x): it must label every input.
 
     class_log_likelihoods   (N, C) log p(x | y) of batches, nats
@@ -38,14 +39,15 @@ from .data.transforms import Preprocessing
 from .detect import _row_noise
 from .errors import ConfigError, DataError
 from .evaluation.likelihood import importance_sampled_log_likelihood
-from .evaluation.outliers import complexity_corrected, png_bits
+from .evaluation.outliers import ScoreCombination, complexity_corrected, png_bits
 from .models.capabilities import Conditional, ExactLikelihood, ImportanceSampledLikelihood
 from .models.vae import CVAE, CVAEConfig
 from .rng import seeded
 from .training.config import TrainConfig
 from .training.trainer import Trainer
 
-SCORES = ("nll", "complexity")
+SCORES = ("nll", "complexity", "orientation", "combined")
+MEMBERS = ("nll", "complexity", "orientation")   # what "combined" takes the largest of, each standardised
 
 
 def check_generative_classifier(model) -> None:
@@ -114,17 +116,39 @@ def log_class_prior(labels, num_classes: int) -> np.ndarray:
     return np.log(counts / counts.sum())
 
 
-def rejection_scores(log_px, images=None, score: str = "nll") -> np.ndarray:
-    """Higher = less like the training data: -log p(x) in nats, or (``complexity``) the NLL in
-    bits minus the images' PNG code length in bits (Serrà et al. 2020)."""
-    if score not in SCORES:
-        raise ConfigError(f"unknown rejection score {score!r}; choose one of {', '.join(SCORES)}")
+def rejection_scores(log_px, images=None, score: str = "nll", log_px_flipped=None) -> np.ndarray:
+    """Higher = less like the training data: -log p(x) in nats; (``complexity``) the NLL in
+    bits minus the images' PNG code length in bits (Serrà et al. 2020); (``orientation``) the
+    NLL minus the lower NLL of the image's mirror images, ``log_px_flipped`` (N,) the larger of
+    their log p(x) (see zspace.image_detect). ``combined`` needs reference scores: see
+    :class:`CombinedRejection`."""
+    if score not in MEMBERS:
+        raise ConfigError(f"unknown rejection score {score!r}; choose one of {', '.join(MEMBERS)}"
+                          + (" (combined: CombinedRejection)" if score == "combined" else ""))
     nll = -np.asarray(log_px, dtype=np.float64)
     if score == "nll":
         return nll
+    if score == "orientation":
+        if log_px_flipped is None:
+            raise ConfigError("the orientation score needs the log p(x) of the mirrored images")
+        return nll + np.asarray(log_px_flipped, dtype=np.float64)
     if images is None:
         raise ConfigError("the complexity-corrected score needs the images (for their PNG code length)")
     return complexity_corrected(nll, png_bits(images))
+
+
+class CombinedRejection:
+    """The largest of the member scores (NLL, complexity-corrected, orientation), each
+    standardised by its median and interquartile range on reference inliers (held-out
+    examples of the training distribution): an input is rejected when any one of them says it
+    is far out, as the image detector's default does."""
+
+    def __init__(self, reference: dict[str, np.ndarray]):
+        self.combination = ScoreCombination.fit(np.column_stack([reference[m] for m in MEMBERS]), "mean")
+
+    def score(self, members: dict[str, np.ndarray]) -> np.ndarray:
+        s = np.column_stack([members[m] for m in MEMBERS])
+        return ((s - self.combination.center) / self.combination.scale).max(1)
 
 
 def coverage_threshold(scores, coverage: float) -> float:
@@ -208,18 +232,44 @@ def seen_images(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 255).to(torch.uint8).numpy() if not x.is_floating_point() else x.clamp(0, 1).numpy()
 
 
-def _scores_of(run, loader, num_samples: int, seed: int, score: str, log_prior: np.ndarray):
+def member_scores(model, batches, num_samples: int, seed: int, log_prior: np.ndarray,
+                  members=MEMBERS) -> tuple[np.ndarray, np.ndarray | None, dict[str, np.ndarray]]:
+    """(p(y | x) (N, C), the labels or None, {member: (N,) rejection score}) for batches of a
+    class-conditional image model. Complexity is of what the model scored (the preprocessed
+    batch); orientation flips that batch left-right and upside down and scores both, with the
+    same draws as the batch itself."""
+    if "orientation" in members:     # scored three times: kept (otherwise the batches stream)
+        batches = list(batches)
+        if any(b.x.dim() != 4 for b in batches):
+            raise ConfigError("the orientation score needs images (C, H, W) to mirror")
     seen = []
 
-    def batches():                       # the complexity is of what the model scored, batch by batch
-        for b in loader.epoch(0):
-            if score == "complexity":
+    def recorded():
+        for b in batches:
+            if "complexity" in members:
                 seen.append(seen_images(b.x))
             yield b
 
-    lp, y = class_log_likelihoods(run.model, batches(), num_samples, seed)
+    lp, y = class_log_likelihoods(model, recorded(), num_samples, seed)
     post, log_px = bayes_posterior(lp, log_prior)
-    return post, y, rejection_scores(log_px, np.concatenate(seen) if seen else None, score)
+    out, flipped = {}, None
+    if "orientation" in members:
+        flipped = np.maximum(*(bayes_posterior(class_log_likelihoods(
+            model, [dataclasses.replace(b, x=b.x.flip(dim)) for b in batches], num_samples, seed)[0],
+            log_prior)[1] for dim in (-1, -2)))
+    seen = np.concatenate(seen) if seen else None
+    for m in members:
+        out[m] = rejection_scores(log_px, seen, m, flipped)
+    return post, y, out
+
+
+def _scores_of(run, loader, num_samples: int, seed: int, score: str, log_prior: np.ndarray, combined=None):
+    members = MEMBERS if score == "combined" else (score,)
+    post, y, s = member_scores(run.model, loader.epoch(0), num_samples, seed, log_prior, members)
+    if score != "combined":
+        return post, y, s[score], None
+    combined = combined or CombinedRejection(s)
+    return post, y, combined.score(s), combined
 
 
 def classify_run(run, data=None, *, split: str = "test", limit: int | None = None, num_samples: int = 100,
@@ -242,7 +292,7 @@ def classify_run(run, data=None, *, split: str = "test", limit: int | None = Non
     k = run.model.num_classes
     log_prior = log_class_prior(train_y, k) if train_y is not None else np.full(k, -math.log(k))
     cal_loader = run.loader("test", batch_size, limit=calibrate)
-    _, _, cal_scores = _scores_of(run, cal_loader, num_samples, seed, score, log_prior)
+    _, _, cal_scores, combined = _scores_of(run, cal_loader, num_samples, seed, score, log_prior)
     threshold = coverage_threshold(cal_scores, coverage)
     same = data is None
     splits = own if same else load_dataset(data)
@@ -252,7 +302,7 @@ def classify_run(run, data=None, *, split: str = "test", limit: int | None = Non
     if len(part) == 0:
         raise DataError(f"{splits.name}: no {split} examples left to classify after the {calibrate} held out")
     loader = run.loader(split, batch_size, limit=limit, data=_with_split(splits, split, part))
-    post, y, scores = _scores_of(run, loader, num_samples, seed + 1, score, log_prior)
+    post, y, scores, _ = _scores_of(run, loader, num_samples, seed + 1, score, log_prior, combined)
     pred = post.argmax(1)
     kept = scores <= threshold
     acc = sel = None

@@ -1130,8 +1130,10 @@ def _add_classify_parser(sub) -> None:
     c.add_argument("--limit", type=int, help="the first N examples only")
     c.add_argument("--coverage", type=float, default=1.0, help="fraction of held-out inputs kept, in (0, 1] "
                    "(default 1: no rejection)")
-    c.add_argument("--score", default="nll", choices=("nll", "complexity"),
-                   help="-log p(x), or NLL bits minus PNG bits (Serrà et al. 2020)")
+    c.add_argument("--score", default="nll", choices=("nll", "complexity", "orientation", "combined"),
+                   help="nll: -log p(x); complexity: NLL bits minus PNG bits (Serrà et al. 2020); orientation: "
+                   "NLL minus the likelier mirror image's; combined: the largest of the three, each standardised "
+                   "on the held-out examples")
     c.add_argument("--calibrate", type=int, default=1000, help="held-out test examples that set the threshold")
     c.add_argument("--nll-samples", type=int, default=100, help="importance samples per example and class (CVAE)")
     c.add_argument("--batch-size", type=int, default=100, help="examples per forward pass (default 100)")
