@@ -20,6 +20,7 @@ import torch
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.data import ArrayData, DataSplits
+from zspace.models.dbvae import SAMPLING
 
 VALIDATION = 50_000      # MNIST training digits from here on, uniformly coloured: the validation set
 COLOURS = {"red": (1.0, 0.0, 0.0), "green": (0.0, 1.0, 0.0), "blue": (0.0, 0.0, 1.0)}
@@ -81,7 +82,7 @@ def main() -> None:
     ap.add_argument("--vae-weight", type=float, default=1.0)
     ap.add_argument("--oracle", type=int, default=16, help="the oracle row repeats each blue training digit this "
                     "many more times (0: no oracle row)")
-    ap.add_argument("--sampling", default="resample", choices=("resample", "reweight"))
+    ap.add_argument("--sampling", default="resample", choices=SAMPLING)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()

@@ -28,6 +28,7 @@ import zspace
 from _common import ROOT, command_line, machine, update_section
 from dbvae_coloured_mnist import predict, train_dbvae, training_modes
 from zspace.data import ArrayData, DataSplits
+from zspace.models.dbvae import SAMPLING
 
 GROUPS = ("colour face", "grey face", "non-face")
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)     # ITU-R BT.601 weights
@@ -109,7 +110,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--combine", default="max", choices=("product", "max"))
-    ap.add_argument("--sampling", default="resample", choices=("resample", "reweight"))
+    ap.add_argument("--sampling", default="resample", choices=SAMPLING)
     ap.add_argument("--oracle", type=int, default=9, help="the oracle row repeats each grey training face this "
                     "many more times (0: no oracle row)")
     ap.add_argument("--all-classes", action="store_true",
