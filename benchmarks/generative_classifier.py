@@ -99,6 +99,7 @@ def main() -> None:
     ap.add_argument("--pixelcnn-limit", type=int, default=300, help="images per evaluation set for the PixelCNN")
     ap.add_argument("--train-limit", type=int, default=None, help="train on the first N training images only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
     use_shared_data()
     torch.set_num_threads(args.threads)
@@ -214,7 +215,8 @@ Targets (issue 21): rejection AUROC (the combined score) above both discriminati
 gap {gap:.2f} points).
 {pixel}"""
     print(md)
-    update_section(f"generative-classifier-{args.data}{tag}", md)
+    if not args.no_write:
+        update_section(f"generative-classifier-{args.data}{tag}", md)
 
 
 def pixelcnn_part(args, inside, xte, yte, ood, prior) -> str:

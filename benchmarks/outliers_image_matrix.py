@@ -75,6 +75,7 @@ def main() -> None:
                     help="training steps (batch 32) of each colour model, CIFAR-10 and CelebA 32x32 (0: grey pairs only)")
     ap.add_argument("--colour-limit", type=int, default=1000, help="images per colour evaluation set (CelebA has 1000)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = ap.parse_args()
     use_shared_data()
     torch.set_num_threads(args.threads)
@@ -144,7 +145,8 @@ AUROC (outliers positive):
 Target (leave-pairs-out default ≥ 0.95 AUROC on every pair): **{'met' if not below else 'not met'}**{'' if not below else ' — below: ' + '; '.join(below)}.
 The raw-likelihood column ("nll") keeps Nalisnick et al. (2019)'s failure visible.
 """
-    update_section("ood-image-matrix", md)
+    if not args.no_write:
+        update_section("ood-image-matrix", md)
     print(md)
 
 
