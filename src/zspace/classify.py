@@ -147,8 +147,7 @@ class CombinedRejection:
         self.combination = ScoreCombination.fit(np.column_stack([reference[m] for m in MEMBERS]), "mean")
 
     def score(self, members: dict[str, np.ndarray]) -> np.ndarray:
-        s = np.column_stack([members[m] for m in MEMBERS])
-        return ((s - self.combination.center) / self.combination.scale).max(1)
+        return self.combination.standardised(np.column_stack([members[m] for m in MEMBERS])).max(1)
 
 
 def coverage_threshold(scores, coverage: float) -> float:

@@ -145,8 +145,7 @@ class ImageOutlierDetector:
     def statistics(self, images) -> dict[str, np.ndarray]:
         """The raw statistics the members need, (N,) each ("codes": (N, code_dim))."""
         x = self.as_images(images)
-        loader = BatchLoader(ArrayData.from_arrays(x), self.batch_size, Preprocessing(self.preprocessing),
-                             shuffle=False, seed=self.seed)
+        loader = self._loader(x)
         need = set(self.members)
         out: dict[str, np.ndarray] = {}
         with seeded(self.seed):
@@ -155,9 +154,8 @@ class ImageOutlierDetector:
             if "likelihood-ratio" in need:
                 out["nll_background"] = self._nll(self.background, loader)
             if "orientation" in need:
-                out["nll_flipped"] = np.minimum(*(self._nll(self.model, BatchLoader(
-                    ArrayData.from_arrays(np.ascontiguousarray(flip(x))), self.batch_size,
-                    Preprocessing(self.preprocessing), shuffle=False, seed=self.seed)) for flip in FLIPS))
+                out["nll_flipped"] = np.minimum(*(self._nll(self.model, self._loader(np.ascontiguousarray(flip(x))))
+                                                  for flip in FLIPS))
             if "reconstruction" in need:
                 out["reconstruction"] = O.reconstruction_scores(self.model, loader.epoch(0), "l2")
         if "complexity" in need:
@@ -166,6 +164,10 @@ class ImageOutlierDetector:
             out["codes"] = collect(self.model, loader.epoch(0), lambda m, b, y: m.embed(b),
                                    device=next(self.model.parameters()).device)
         return out
+
+    def _loader(self, x: np.ndarray) -> BatchLoader:
+        return BatchLoader(ArrayData.from_arrays(x), self.batch_size, Preprocessing(self.preprocessing),
+                           shuffle=False, seed=self.seed)
 
     def _nll(self, model, loader) -> np.ndarray:
         if isinstance(model, ImportanceSampledLikelihood):
@@ -257,7 +259,7 @@ def combined_score(s: np.ndarray, members, gaussian, either) -> np.ndarray:
     d = gaussian.score(s[:, inner])
     if either is None:
         return d
-    return ((np.column_stack([d, s[:, top]]) - either.center) / either.scale).max(1)
+    return either.standardised(np.column_stack([d, s[:, top]])).max(1)
 
 
 def fit_run_detector(run_dir, images=None, *, background_dir=None, limit: int = 10000, device: str = "cpu",

@@ -295,11 +295,15 @@ class ScoreCombination:
         cov = np.atleast_2d(np.cov(z, rowvar=False)) + ridge * np.eye(z.shape[1])
         return cls(mid, scale, np.linalg.inv(cov))
 
-    def score(self, scores) -> np.ndarray:
+    def standardised(self, scores) -> np.ndarray:
+        """(N, S) scores minus their training medians, over their interquartile ranges."""
         s = np.asarray(scores, dtype=np.float64)
         if s.ndim != 2 or s.shape[1] != len(self.center):
             raise DataError(f"need (N, {len(self.center)}) scores, got shape {s.shape}")
-        z = (s - self.center) / self.scale
+        return (s - self.center) / self.scale
+
+    def score(self, scores) -> np.ndarray:
+        z = self.standardised(scores)
         if self.precision is None:
             return z.mean(1)
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", z, self.precision, z), 0.0))
