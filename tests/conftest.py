@@ -26,6 +26,16 @@ def _isolated(monkeypatch, tmp_path_factory):
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def bf16_anywhere(monkeypatch):
+    """bf16 autocast on this CPU even where it is emulated (no AVX512-BF16/AMX): slower there,
+    but the same arithmetic, so the bf16 code paths are checked on every machine. The trainer
+    itself refuses emulated bf16 (test_bf16_unsupported_is_one_line)."""
+    from zspace.training import trainer
+    if not trainer.bf16_supported(torch.device("cpu")):
+        monkeypatch.setattr(trainer, "bf16_supported", lambda device: True)
+
+
 @pytest.fixture(scope="session")
 def digits():
     return zspace.load_dataset("digits")

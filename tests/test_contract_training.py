@@ -13,7 +13,6 @@ from zspace.data import ArrayData, DataSplits
 from zspace.models import MODELS, VQPrior
 from zspace.training import resume, train
 from zspace.training.distributed import exit_process
-from zspace.training.trainer import bf16_supported
 
 from .test_contract import READS_CODES, TINY, tiny
 
@@ -52,9 +51,8 @@ def test_resume_through_the_trainer_is_exact(name, tmp_path):
         assert torch.equal(a, b), f"{name}: {k} differs after resume"
 
 
-@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bfloat16")
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_a_bf16_step_trains(name, tmp_path):
+def test_a_bf16_step_trains(name, tmp_path, bf16_anywhere):
     model = tiny(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     run = train(model, splits_for(model), config=zspace.TrainConfig(steps=2, precision="bf16", **STEPS),

@@ -173,8 +173,7 @@ def test_killing_one_rank_stops_the_other(rows, tmp_path):
     assert load_run(out).history()[-1]["epoch"] >= 1              # what was saved is complete
 
 
-@pytest.mark.skipif(not trainer_module.bf16_supported(torch.device("cpu")), reason="CPU without native bf16")
-def test_bf16_step_on_cpu(digits):
+def test_bf16_step_on_cpu(digits, bf16_anywhere):
     cfg = zspace.TrainConfig(steps=3, batch_size=64, eval_limit=64, lr_schedule="constant")
     fp32 = train("vae", digits, config=cfg, progress=False, figures=False, latent_dim=4, hidden=(32,))
     bf16 = train("vae", digits, config=cfg.replace(precision="bf16"), progress=False, figures=False,
