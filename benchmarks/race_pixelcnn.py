@@ -130,7 +130,6 @@ def main() -> None:
     log(dict(kind="setup", probe_seconds=round(probe, 1), step_ms=round(step_s * 1000), steps=steps))
     clock = Clock(args.curve_every * 60, curve, log)
     clock.clock = probe                      # the probe is charged to zspace's budget
-    clock.next = args.curve_every * 60
     cfg = zspace.TrainConfig(steps=steps, eval_every=10 ** 6, eval_limit=100, **base)
     clock.start()
     run = zspace.train("pixelcnn", data, out=out / "zspace", preprocessing="static-binarize", config=cfg,
