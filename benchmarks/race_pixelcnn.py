@@ -59,7 +59,6 @@ class Clock(Callback):
     def __init__(self, every_s: float, curve: torch.Tensor, log):
         self.every, self.curve, self.log = every_s, curve, log
         self.clock, self.next, self.last = 0.0, every_s, None
-        self.points = []
 
     def start(self):
         self.last = time.perf_counter()
@@ -68,9 +67,8 @@ class Clock(Callback):
         now = time.perf_counter()
         self.clock += now - self.last
         if self.clock >= self.next or trainer.state.step >= trainer.total_steps:
-            self.points.append(dict(kind="curve", train_minutes=round(self.clock / 60, 2), step=trainer.state.step,
-                                    nll=round(nll_of(trainer.model, self.curve).nll, 3)))
-            self.log(self.points[-1])
+            self.log(dict(kind="curve", train_minutes=round(self.clock / 60, 2), step=trainer.state.step,
+                          nll=round(nll_of(trainer.model, self.curve).nll, 3)))
             self.next += self.every
             trainer.model.train()
         self.last = time.perf_counter()
@@ -111,9 +109,10 @@ def main() -> None:
                              "--data", str(arrays), "--out", str(peer_log), "--budget-minutes", str(args.budget_minutes),
                              "--curve-every", str(args.curve_every), "--threads", str(args.threads),
                              "--peer", str(PEER_CODE)], env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
-    ours_log = open(out / "zspace.jsonl", "w")
+    ours_log, ours_rows = open(out / "zspace.jsonl", "w"), []
 
     def log(row):
+        ours_rows.append(row)
         ours_log.write(json.dumps(row) + "\n")
         ours_log.flush()
         print("zspace", row, flush=True)
@@ -142,7 +141,6 @@ def main() -> None:
     if peer.returncode:
         sys.exit(f"pytorch-generative side failed (exit {peer.returncode})")
     peer_rows = [json.loads(l) for l in peer_log.read_text().splitlines()]
-    ours_rows = [json.loads(l) for l in (out / "zspace.jsonl").read_text().splitlines()]
     report(args, run, ours_rows, peer_rows)
 
 
