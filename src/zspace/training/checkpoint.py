@@ -82,6 +82,8 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
             if val.is_floating_point() and not bool(torch.isfinite(val).all()):
                 raise CheckpointError(f"optimiser tensor {name} holds NaN or infinite values; the checkpoint "
                                       f"is damaged")
+            if val.dim() > 0:   # stored contiguous; back in the parameter's layout (channels-last weights),
+                val = torch.empty_like(p).copy_(val)   # which the fused Adam kernel assumes its moments share
             state.setdefault(pid, {})[key] = val
     for name, val in meta.get("scalars", {}).items():
         pid, key = parameter(name, "")

