@@ -1,7 +1,7 @@
 """Test NLL on dynamically binarized MNIST with the MLP VAE of Burda et al. (2016):
 784-200-200-50 (two deterministic hidden layers of 200 units, 50 latent units).
 
-Trains for a wall-time budget (the number of epochs is set from a timed first epoch so
+Trains for a wall-time budget (the number of epochs is set from a timed 3-epoch probe so
 the cosine learning-rate schedule ends with the budget), records a cheap NLL estimate
 (k = --curve-samples on the first --curve-images test images) against training wall
 time, then reports the final importance-sampled NLL with k = --final-samples on the

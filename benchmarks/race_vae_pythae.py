@@ -131,8 +131,8 @@ schedule), once per batch size. zspace: one complete run per budget, batch {args
 cosine over the budget. NLL: each library's own importance-sampled estimator (encoder proposal),
 k = {args.nll_samples}, on the same {len(test)} test images binarized once (seed {args.seed}); the ± is the standard
 error over images (the images are shared, so the comparison is paired). Training time: the whole
-training call on both sides (pythae's pipeline; zspace's `train`, with its start-up, per-epoch
-checkpoints and a 100-image evaluation at the end), not the scoring with k = {args.nll_samples}.
+training call on both sides (pythae's pipeline, with its final save; zspace's `train`, with its
+start-up and a 100-image evaluation at the end, no run folder), not the scoring with k = {args.nll_samples}.
 
 | pythae batch | pythae training | pythae NLL (nats) | zspace's shortest run at or below it: time, fraction of pythae's |
 |---|---|---|---|
