@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,10 +25,8 @@ import numpy as np
 import torch
 
 import zspace
-from _common import ROOT, command_line, machine, update_section, use_shared_data
-from vs_pythae import ensure_pythae
-from zspace.evaluation import evaluate_likelihood
-from zspace.rng import seeded
+from _common import command_line, machine, update_section, use_shared_data
+from vs_pythae import ensure_pythae, run_pythae, zspace_nll
 
 
 def ints(text: str) -> list[int]:
@@ -65,14 +62,10 @@ def main() -> None:
     pythae = []
     for b in args.pythae_batch_sizes:
         out = work / f"pythae-b{b}.json"
-        if not (args.reuse_pythae and out.exists()):
-            subprocess.run([str(py), str(ROOT / "benchmarks" / "peers" / "pythae_side.py"),
-                            "--epochs", str(args.pythae_epochs), "--batch-size", str(b), "--lr", str(args.pythae_lr),
-                            "--threads", str(args.threads), "--activation", "elu",
-                            "--nll-samples", str(args.nll_samples), "--nll-limit", str(args.nll_images),
-                            "--seed", str(args.seed), "--data", str(Path(zspace.data.search_dirs("mnist")[0]) / "mnist.npz"),
-                            "--bench-dir", str(work), "--out", str(out)], check=True)
-        r = json.loads(out.read_text())
+        r = (json.loads(out.read_text()) if args.reuse_pythae and out.exists() else
+             run_pythae(py, out, work, epochs=args.pythae_epochs, batch_size=b, lr=args.pythae_lr,
+                        threads=args.threads, activation="elu", nll_samples=args.nll_samples,
+                        nll_images=args.nll_images, seed=args.seed))
         pythae.append({"batch_size": b, "train_seconds": r["train_seconds"], "nll": r["nll_nats"],
                        "nll_seconds": r["nll_seconds"], "version": r["pythae_version"]})
         print(f"[pythae] batch {b}: {r['train_seconds']:.0f} s, NLL {r['nll_nats']:.2f}", flush=True)
@@ -90,9 +83,7 @@ def main() -> None:
         run = zspace.train("vae", data, config=cfg, progress=False, figures=False,
                            latent_dim=50, hidden=(200, 200), activation="elu")
         seconds = time.perf_counter() - t0
-        loader = zspace.BatchLoader(test, 100, zspace.Preprocessing("scale"), shuffle=False)
-        with seeded(args.seed + 12345):
-            rep = evaluate_likelihood(run.model, loader.epoch(0), args.nll_samples)
+        rep = zspace_nll(run.model, test, args.nll_samples, args.seed)
         ours.append({"epochs": epochs, "train_seconds": seconds, "nll": rep.nll,
                      "nll_se": rep.nll_std_err, "nll_seconds": rep.seconds})
         print(f"[zspace] {epochs} epochs: {seconds:.0f} s, NLL {rep.nll:.2f}", flush=True)

@@ -43,6 +43,27 @@ def ensure_pythae() -> Path:
     return py
 
 
+def run_pythae(py: Path, out: Path, work: Path, *, epochs: int, batch_size: int, lr: float, threads: int,
+               activation: str, nll_samples: int, nll_images: int, seed: int, train_limit: int | None = None) -> dict:
+    """pythae trained and scored by benchmarks/peers/pythae_side.py in its venv; its result JSON. It also
+    writes the test images it binarized, work/test_bin_seedSEED.npy, for zspace to score on."""
+    subprocess.run([str(py), str(ROOT / "benchmarks" / "peers" / "pythae_side.py"),
+                    "--epochs", str(epochs), "--batch-size", str(batch_size), "--threads", str(threads),
+                    "--lr", str(lr), "--activation", activation, "--nll-samples", str(nll_samples),
+                    "--nll-limit", str(nll_images), "--seed", str(seed),
+                    "--data", str(Path(zspace.data.search_dirs("mnist")[0]) / "mnist.npz"),
+                    "--bench-dir", str(work), "--out", str(out)]
+                   + (["--train-limit", str(train_limit)] if train_limit else []), check=True)
+    return json.loads(out.read_text())
+
+
+def zspace_nll(model, test, nll_samples: int, seed: int):
+    """zspace's own importance-sampled estimate on pythae's binarized test images, with fixed draws."""
+    loader = zspace.BatchLoader(test, 100, zspace.Preprocessing("scale"), shuffle=False)
+    with seeded(seed + 12345):
+        return evaluate_likelihood(model, loader.epoch(0), nll_samples)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=20)
@@ -65,15 +86,9 @@ def main() -> None:
 
     # ---- pythae ---------------------------------------------------------------------
     py = ensure_pythae()
-    pythae_json = work / "pythae.json"
-    subprocess.run([str(py), str(ROOT / "benchmarks" / "peers" / "pythae_side.py"),
-                    "--epochs", str(args.epochs), "--threads", str(args.threads), "--lr", str(args.pythae_lr),
-                    "--activation", args.activation, "--nll-samples", str(args.nll_samples),
-                    "--nll-limit", str(args.nll_images), "--seed", str(args.seed),
-                    "--data", str(Path(zspace.data.search_dirs("mnist")[0]) / "mnist.npz"),
-                    "--bench-dir", str(work), "--out", str(pythae_json)]
-                   + (["--train-limit", str(args.train_limit)] if args.train_limit else []), check=True)
-    pyt = json.loads(pythae_json.read_text())
+    pyt = run_pythae(py, work / "pythae.json", work, epochs=args.epochs, batch_size=100, lr=args.pythae_lr,
+                     threads=args.threads, activation=args.activation, nll_samples=args.nll_samples,
+                     nll_images=args.nll_images, seed=args.seed, train_limit=args.train_limit)
     test_bin = np.load(work / f"test_bin_seed{args.seed}.npy").astype(np.float32)   # (N, 28, 28) in {0, 1}
     test = zspace.ArrayData.from_arrays(test_bin, name="mnist-test-binarized-by-pythae")
 
@@ -83,13 +98,8 @@ def main() -> None:
         data = dataclasses.replace(data, train=data.train.head(args.train_limit))
     curve = []
 
-    def nll_of(model):
-        loader = zspace.BatchLoader(test, 100, zspace.Preprocessing("scale"), shuffle=False)
-        with seeded(args.seed + 12345):
-            return evaluate_likelihood(model, loader.epoch(0), args.nll_samples)
-
     def on_epoch_end(trainer, row):
-        rep = nll_of(trainer.model)
+        rep = zspace_nll(trainer.model, test, args.nll_samples, args.seed)
         curve.append({"epoch": row["epoch"], "train_seconds": row["wall_seconds"], "nll": rep.nll})
         print(f"[zspace] epoch {row['epoch']}: {row['wall_seconds']:.1f}s, NLL {rep.nll:.2f}", flush=True)
 
@@ -98,7 +108,7 @@ def main() -> None:
                              threads=args.threads, seed=args.seed, eval_every=args.epochs, eval_limit=100)
     run = zspace.train("vae", data, config=cfg, progress=False, figures=False, on_epoch_end=on_epoch_end,
                        latent_dim=50, hidden=(200, 200), activation=args.activation)
-    final = nll_of(run.model)
+    final = zspace_nll(run.model, test, args.nll_samples, args.seed)
 
     zs_epoch = np.diff([0.0] + [c["train_seconds"] for c in curve])
     py_epoch = np.asarray(pyt["epoch_seconds"])
