@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--all-classes", action="store_true",
                     help="even out the density of every example, not only the faces' (Amini et al.: the faces)")
     ap.add_argument("--latent-dim", type=int, default=16)
+    ap.add_argument("--vae-weight", type=float, default=1.0, help="weight on -ELBO / D beside the cross-entropy")
+    ap.add_argument("--likelihood", default="bernoulli", help="the decoder's likelihood (a zspace likelihood name)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
@@ -133,7 +135,8 @@ def main() -> None:
             t0 = time.perf_counter()
             run = train_dbvae(train_data, f"bench-dbvae-faces-{name.split(':')[0].lower()}", seed, debias, args,
                               architecture="conv", latent_dim=args.latent_dim,
-                              debias_class=None if args.all_classes else 1)
+                              debias_class=None if args.all_classes else 1, vae_weight=args.vae_weight,
+                              likelihood=args.likelihood)
             r = {part: scores(run.model, *evals[part]) for part in evals}
             r["seconds"] = time.perf_counter() - t0
             if debias:
@@ -167,7 +170,7 @@ Data: {int(data.train.y.sum())} CelebA training faces (celeba-10k, central crop,
 {100 * args.rare:g}%) and as many CIFAR-10 training images as non-faces. Validation: 1000 other training faces, each in
 colour and in grey, and 2000 other CIFAR-10 training images; test: the 1000 held-out celeba-10k faces, each in colour and in grey,
 and 2000 CIFAR-10 test images. Overall accuracy is the mean over the three groups (each group counts the same).
-Model: `dbvae`, conv (32, 64), z = {args.latent_dim}, Bernoulli decoder on the scaled colour values, loss CE + 1 x -ELBO / D;
+Model: `dbvae`, conv (32, 64), z = {args.latent_dim}, {args.likelihood} decoder on the scaled colour values, loss CE + {args.vae_weight:g} x -ELBO / D;
 {args.epochs} epochs, Adam 1e-3, batch 128, seeds 0..{args.seeds - 1}. Plain: `debias=False`. DB-VAE: sampling
 `{args.sampling}`, {'max_d' if args.combine == 'max' else 'prod_d'} 1 / (Q_d(mu_d) + α), α = {args.alpha:g}, over the faces' latent codes
 (`debias_class` = faces{', here every example' if args.all_classes else ''}; the VAE term is the faces' only). The oracle row is not a method: plain
