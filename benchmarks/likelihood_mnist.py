@@ -99,7 +99,10 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
     rows = "\n".join(f"| {p['train_minutes']:.1f} | {p['epoch']} | {p['nll']:.2f} | {-p['elbo']:.2f} |" for p in curve)
-    verdict = "met" if rep.nll <= target else "not met"
+    in_hour = train_minutes <= 60   # both targets are "in 1 CPU hour": a schedule that overran misses them
+    late = "" if in_hour else f", but training took {train_minutes:.1f} min"
+    verdict = "met" if rep.nll <= target and in_hour else f"not met{late}"
+    below = anchor is not None and rep.nll < anchor
     md = f"""### MNIST likelihood: {name} (784-200-200-50, dynamically binarized)
 
 Command: `{command_line()}`
@@ -110,7 +113,7 @@ Machine: {machine()}; {args.threads} thread(s).
 | training | {epochs} epochs, {train_minutes:.1f} min wall time, batch {args.batch_size}, Adam lr {args.lr} cosine to 5%, {args.activation} |
 | test NLL, importance-sampled (k = {rep.num_samples}, encoder proposal, {rep.num_examples} test images) | **{rep.nll:.2f} ± {rep.nll_std_err:.2f} nats** ({rep.bits_per_dim:.4f} bits/dim) |
 | test ELBO (one sample) | {rep.elbo:.2f} nats (reconstruction {rep.rec:.2f}, KL {rep.kl:.2f}) |
-| anchor (Burda et al. 2016, Table 1, 3,280 epochs) | {anchor} nats: {"below it" if anchor is not None and rep.nll < anchor else "not below it"} (issue 20's target) |
+| anchor (Burda et al. 2016, Table 1, 3,280 epochs) | {anchor} nats: {("below it" + late) if below else "not below it"} (issue 20's target: below it in 1 h) |
 | target | ≤ {target} nats in ≤ 1 h: **{verdict}** |
 | final estimate took | {rep.seconds / 60:.1f} min |
 
