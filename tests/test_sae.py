@@ -44,57 +44,57 @@ def test_topk_keeps_exactly_k_and_batchtopk_keeps_k_on_average():
     assert float(b.threshold) > 0                     # learned for evaluation
 
 
-@pytest.mark.parametrize("dense_vals,dense_w", [(0, 0), (10**6, 10**6), (10**6, 0)])
-def test_sparse_decode_gradients_equal_the_dense_product(monkeypatch, dense_vals, dense_w):
-    """Both backward paths (gathered rows, dense products) give autograd's gradient of f @ W."""
-    from zspace.models.sae import _SparseDecode, sparse_decode
+PATHS = ("compiled", "torch-dense", "torch-gathered")
 
-    monkeypatch.setattr(_SparseDecode, "DENSE_VALS", dense_vals)
-    monkeypatch.setattr(_SparseDecode, "DENSE_W", dense_w)
-    monkeypatch.setattr("zspace.models.sae.CHUNK_ELEMENTS", 50)      # several row chunks
+
+def use_path(monkeypatch, path):
+    """compiled: the C kernels (float32 on the CPU); torch-*: the fallbacks, dense products or
+    gathered rows, in several row chunks."""
+    from zspace.nn import sparse_rows
+
+    if path == "compiled":
+        assert sparse_rows.compiled_available()
+        return torch.float32
+    monkeypatch.setenv("ZSPACE_NATIVE", "0")
+    big = 10**6 if path == "torch-dense" else 0
+    monkeypatch.setattr(sparse_rows, "DENSE_GATHER", big)
+    monkeypatch.setattr(sparse_rows, "DENSE_SCATTER", big)
+    monkeypatch.setattr(sparse_rows, "CHUNK_ELEMENTS", 50)
+    return torch.float64
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_sparse_decode_gradients_equal_the_dense_product(monkeypatch, path):
+    """Every backward path (compiled, dense products, gathered rows) gives autograd's gradient of f @ W."""
+    from zspace.models.sae import sparse_decode
+
+    dtype = use_path(monkeypatch, path)
     g = torch.Generator().manual_seed(3)
-    W = torch.randn(40, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    W = torch.randn(40, 7, generator=g, dtype=dtype, requires_grad=True)
     idx = torch.stack([torch.randperm(40, generator=g)[:5] for _ in range(9)])
-    vals = torch.rand(9, 5, generator=g, dtype=torch.float64, requires_grad=True)
-    up = torch.randn(9, 7, generator=g, dtype=torch.float64)
+    vals = torch.rand(9, 5, generator=g, dtype=dtype, requires_grad=True)
+    up = torch.randn(9, 7, generator=g, dtype=dtype)
     (sparse_decode(idx, vals, W) * up).sum().backward()
     gv, gw = vals.grad.clone(), W.grad.clone()
     vals.grad = W.grad = None
-    f = torch.zeros(9, 40, dtype=torch.float64).scatter(1, idx, vals)
+    f = torch.zeros(9, 40, dtype=dtype).scatter(1, idx, vals)
     ((f @ W) * up).sum().backward()
-    assert torch.allclose(gv, vals.grad) and torch.allclose(gw, W.grad)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
+    assert torch.allclose(gv, vals.grad, **tol) and torch.allclose(gw, W.grad, **tol)
 
 
-@pytest.mark.parametrize("width,k", [(512, 8), (2048, 32), (96, 3), (100, 7), (64, 64)])
-def test_blocked_topk_selects_what_torch_topk_does(width, k):
-    """The strided-block selection returns the k largest values of every row (the same multiset as
-    torch.topk, with indices that point at them), also with ties and widths that do not split."""
-    from zspace.models.sae import topk
-
-    g = torch.Generator().manual_seed(width + k)
-    pre = torch.randn(300, width, generator=g)
-    pre[:50] = pre[:50].round()                    # many ties
-    pre[50:60] = 0.0                               # all equal
-    vals, idx = topk(pre, k)
-    assert vals.shape == idx.shape == (300, k)
-    assert torch.equal(pre.gather(1, idx), vals)
-    assert torch.equal(vals.sort(1, descending=True).values, pre.topk(k, dim=1).values)
-    assert all(len(set(row.tolist())) == k for row in idx)     # k distinct features
-
-
-@pytest.mark.parametrize("dense_w", [0, 10**6])
-def test_topk_encoder_gradients_equal_autograds_through_the_dense_path(monkeypatch, dense_w):
+@pytest.mark.parametrize("path", PATHS)
+def test_topk_encoder_gradients_equal_autograds_through_the_dense_path(monkeypatch, path):
     """_TopKEncode (chunked rows, gradients only at the selected columns) gives the same indices,
     values and gradients for xn, W and b as autograd through addmm, topk and ReLU."""
     import zspace.models.sae as S
 
-    monkeypatch.setattr(S, "CHUNK_ELEMENTS", 200)          # several chunks of 16 rows
-    monkeypatch.setattr(S._TopKEncode, "DENSE_W", dense_w)
+    dtype = use_path(monkeypatch, path)
     g = torch.Generator().manual_seed(5)
-    xn = torch.randn(50, 6, generator=g, dtype=torch.float64, requires_grad=True)
-    W = torch.randn(6, 40, generator=g, dtype=torch.float64, requires_grad=True)
-    b = (torch.randn(40, generator=g, dtype=torch.float64) - 3.0).requires_grad_()
-    up = torch.randn(50, 4, generator=g, dtype=torch.float64)
+    xn = torch.randn(50, 6, generator=g, dtype=dtype, requires_grad=True)
+    W = torch.randn(6, 40, generator=g, dtype=dtype, requires_grad=True)
+    b = (torch.randn(40, generator=g, dtype=dtype) - 3.0).requires_grad_()
+    up = torch.randn(50, 4, generator=g, dtype=dtype)
     idx, vals = S._TopKEncode.apply(xn, W, b, 4)
     order = idx.argsort(1)                                  # compare in column order
     (vals.gather(1, order) * up).sum().backward()
@@ -106,8 +106,32 @@ def test_topk_encoder_gradients_equal_autograds_through_the_dense_path(monkeypat
     assert torch.equal(idx.gather(1, order), ref_idx.gather(1, ref_order))
     (torch.relu(ref_vals).gather(1, ref_order) * up).sum().backward()
     assert (vals <= 0).any() and (vals > 0).any()           # the ReLU's gate is exercised
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
     for got, t in zip(grads, (xn, W, b)):
-        assert torch.allclose(got, t.grad), (got - t.grad).abs().max()
+        assert torch.allclose(got, t.grad, **tol), (got - t.grad).abs().max()
+
+
+@pytest.mark.parametrize("path", ("compiled", "torch-dense"))
+def test_topk_encoder_under_bf16_ranks_in_bf16_and_keeps_fp32_values(monkeypatch, path, bf16_anywhere):
+    """Under bf16 autocast the features are the top k of the bf16 product, and their values are
+    the exact fp32 pre-activations (fp32 values, gradients as at fp32)."""
+    import zspace.models.sae as S
+
+    use_path(monkeypatch, path)
+    g = torch.Generator().manual_seed(6)
+    xn = torch.randn(300, 24, generator=g)
+    W = torch.randn(24, 512, generator=g, requires_grad=True)
+    b = torch.randn(512, generator=g) * 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        idx, vals = S._TopKEncode.apply(xn, W, b, 8)
+    assert vals.dtype == torch.float32
+    exact = torch.addmm(b, xn, W.detach())
+    assert torch.allclose(vals, exact.gather(1, idx).clamp_min(0), atol=1e-5)
+    low = torch.addmm(b.bfloat16(), xn.bfloat16(), W.detach().bfloat16()).float()
+    kth = low.topk(8, dim=1).values[:, -1:]
+    assert (low.gather(1, idx) >= kth).all()                 # chosen by the bf16 ranking
+    vals.sum().backward()
+    assert W.grad is not None and W.grad.dtype == torch.float32
 
 
 def test_encoder_starts_as_the_scaled_decoder_transpose():
@@ -273,6 +297,18 @@ def test_splicing_an_identity_sae_recovers_all_of_the_loss():
     assert out["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-5)
     assert out["kl_clean_to_spliced"] == pytest.approx(0.0, abs=1e-6)
     assert out["ce_zero_ablated"] != pytest.approx(out["ce_clean"])
+
+
+def test_topk_defaults_to_bf16_only_where_the_device_has_it(monkeypatch):
+    from zspace.sae import default_config
+    from zspace.training import trainer
+
+    monkeypatch.setattr(trainer, "bf16_supported", lambda device: True)
+    assert default_config(64).precision == "bf16"
+    assert default_config(64, "jumprelu").precision == default_config(64, "relu").precision == "fp32"
+    assert default_config(64, precision="fp32").precision == "fp32"             # a given choice stands
+    monkeypatch.setattr(trainer, "bf16_supported", lambda device: False)
+    assert default_config(64).precision == "fp32"
 
 
 def test_sae_defaults_schedule_free_on_the_unit_sphere_with_a_budget_relative_dead_window(tmp_path):

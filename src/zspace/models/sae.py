@@ -44,6 +44,7 @@ from torch import nn
 
 from ..errors import ConfigError, DataError
 from .base import Losses, Model, ModelConfig, Statistic, check_positive, check_positive_int, register
+from ..nn.sparse_rows import gather_dot, row_chunks, row_topk, scatter_outer
 from .capabilities import ContinuousCode, Reconstructs
 
 SAE_KINDS = ("relu", "topk", "batchtopk", "jumprelu")
@@ -60,6 +61,7 @@ class SAEConfig(ModelConfig):
     bandwidth: float = 0.05                # jumprelu: straight-through kernel width
     aux_k: int = 256                       # aux-k latents for dead features (0: off)
     aux_weight: float = 1 / 32             # Gao et al.'s alpha
+    aux_rows: int = 1024                   # rows of each batch the aux-k loss reads, evenly spaced (0: all)
     dead_tokens: int = 1_000_000           # a feature silent this many tokens is dead
     unit_norm_decoder: bool | None = None  # None: on for topk, batchtopk, jumprelu
     encoder_scale: float | None = None     # W_enc = this x W_dec^T at init; None: 0.4 for topk/batchtopk, else 1
@@ -76,6 +78,7 @@ class SAEConfig(ModelConfig):
             if self.k > self.width:
                 raise ConfigError(f"k = {self.k} is more than the width ({self.width} features)")
         check_positive_int("aux_k", self.aux_k, minimum=0)
+        check_positive_int("aux_rows", self.aux_rows, minimum=0)
         check_positive_int("dead_tokens", self.dead_tokens)
         for name in ("jump_threshold", "bandwidth", "aux_weight"):
             check_positive(name, getattr(self, name))
@@ -145,35 +148,20 @@ class _Heaviside(torch.autograd.Function):
         return None, -(near * grad).sum(0), None
 
 
-CHUNK_ELEMENTS = 1 << 20     # elements of (rows x width) work per chunk: 4 MB of fp32
-
-
-def _row_chunks(rows: int, per_row: int):
-    """Row slices whose (rows x per_row) intermediates stay near CHUNK_ELEMENTS: large temporaries
-    are mmapped and page-faulted afresh on every allocation (a 4096 x 2048 fp32 product took 27 ms
-    whole and 12 ms in 256-row pieces on this CPU), and small ones stay in cache."""
-    step = max(16, CHUNK_ELEMENTS // max(per_row, 1))
-    for s in range(0, rows, step):
-        yield slice(s, min(rows, s + step))
-
-
-def _dense_grad(width: int, k: int, ratio: int) -> bool:
-    """Dense products (scatter the k values into width columns, one matrix product) beat gathering
-    and scattering rows while the width is within ``ratio`` times k."""
-    return width <= ratio * k
+def _low_precision(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast would give a matrix product here, or None when it is off."""
+    kind = device.type
+    if hasattr(torch, "get_autocast_dtype"):                       # torch >= 2.4
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    if kind == "cpu":
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
 class _SparseDecode(torch.autograd.Function):
-    """sum_j vals[b, j] W[idx[b, j]]: embedding_bag forward; a backward chosen by cost, because
-    embedding_bag's own backward sorts every index and is the slowest step of a TopK SAE on a
-    CPU. Gathering rows W[idx] and scattering rows into W's gradient cost ~ B k d memory traffic
-    at a few ns an element; the dense products (grad W^T, then pick the k columns; f^T grad)
-    cost ~ B width d multiply-adds at a small fraction of that, so they win while the width is
-    within a few tens of k (measured on this CPU: 512 features, k = 32: 74 -> 8 ms). Both run in
-    row chunks (``_row_chunks``)."""
-
-    DENSE_VALS = 64      # gradient of vals densely while width <= DENSE_VALS * k
-    DENSE_W = 16         # gradient of W densely while width <= DENSE_W * k
+    """sum_j vals[b, j] W[idx[b, j]]: embedding_bag forward; the backward through the k indices
+    of each row (``gather_dot`` for vals, ``scatter_outer`` for W), because embedding_bag's own
+    backward sorts every index and was the slowest step of a TopK SAE on a CPU."""
 
     @staticmethod
     def forward(ctx, idx, vals, W):
@@ -183,94 +171,50 @@ class _SparseDecode(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         idx, vals, W = ctx.saved_tensors
-        (width, d), (rows, k) = W.shape, idx.shape
-        g_vals = g_W = None
-        if ctx.needs_input_grad[1]:
-            g_vals = torch.empty_like(vals, dtype=grad.dtype)
-            dense = _dense_grad(width, k, _SparseDecode.DENSE_VALS)
-            for r in _row_chunks(rows, width if dense else k * d):
-                if dense:
-                    g_vals[r] = (grad[r] @ W.t()).gather(1, idx[r])
-                else:
-                    g_vals[r] = torch.bmm(W.index_select(0, idx[r].reshape(-1)).view(-1, k, d), grad[r, :, None]).squeeze(2)
-        if ctx.needs_input_grad[2]:
-            g_W = _scatter_product(idx, vals.to(grad.dtype), grad, width, _SparseDecode.DENSE_W)
+        grad = grad.to(W.dtype).contiguous()
+        g_vals = gather_dot(grad, W, idx) if ctx.needs_input_grad[1] else None
+        g_W = scatter_outer(idx, vals, grad, W.shape[0]) if ctx.needs_input_grad[2] else None
         return None, g_vals, g_W
-
-
-def _scatter_product(idx: torch.Tensor, vals: torch.Tensor, rows_of: torch.Tensor, width: int,
-                     dense_ratio: int) -> torch.Tensor:
-    """(width, d) = f^T rows_of, f the (B, width) matrix holding vals at idx and zeros elsewhere:
-    the gradient of a dictionary read or written through the k active features of each row."""
-    (rows, k), d = idx.shape, rows_of.shape[1]
-    out = torch.zeros(width, d, dtype=rows_of.dtype, device=rows_of.device)
-    dense = _dense_grad(width, k, dense_ratio)
-    for r in _row_chunks(rows, width if dense else k * d):
-        if dense:
-            f = torch.zeros(r.stop - r.start, width, dtype=rows_of.dtype, device=rows_of.device)
-            out.addmm_(f.scatter_(1, idx[r], vals[r]).t(), rows_of[r])
-        else:
-            out.index_add_(0, idx[r].reshape(-1), (vals[r, :, None] * rows_of[r, None, :]).reshape(-1, d))
-    return out
-
-
-def topk(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, indices) of the k largest in each row, in no particular order: the same values
-    as ``torch.topk``, about 1.3-1.9x faster for an SAE's widths on this CPU (torch.topk costs
-    ~6 ns an element there, while a vectorised max costs well under 1).
-
-    The columns are split into g strided blocks (column c in block c mod (width / g)) and the k
-    blocks with the largest maxima are kept: every one of the row's k largest values lies in
-    them (a value left out would have k kept maxima at least as large, so it is not among the
-    k largest), so the k largest of those k g candidates are the answer. g ~ sqrt(width / k)
-    balances the two selections."""
-    rows, width = pre.shape
-    g = 1
-    while g < 16 and (2 * g) ** 2 * k <= width and width % (2 * g) == 0:
-        g *= 2
-    if g == 1:
-        return pre.topk(k, dim=1, sorted=False)
-    blocks = width // g
-    _, best = pre.view(rows, g, blocks).amax(1).topk(k, dim=1, sorted=False)        # (B, k) blocks
-    offsets = torch.arange(0, width, blocks, device=pre.device)
-    cand = (best.unsqueeze(1) + offsets.view(1, g, 1)).view(rows, g * k)
-    vals, j = pre.gather(1, cand).topk(k, dim=1, sorted=False)
-    return vals, cand.gather(1, j)
 
 
 class _TopKEncode(torch.autograd.Function):
     """idx, vals = the k largest of pre = xn W + b in every row, vals through a ReLU, without ever
     holding pre whole: it is formed and selected in row chunks, and the backward touches only the
-    k selected columns of each row (W's gradient by ``_scatter_product``, b's by index_add). The
-    dense alternative (autograd through addmm and topk) writes and reads two (B, width) matrices
-    and multiplies a mostly-zero one; with 2048 features, k = 32, d = 64 it spent 3x the time of
-    the selection on them."""
-
-    DENSE_W = 16         # gradient of W densely while width <= DENSE_W * k
+    k selected columns of each row. Under bf16 autocast the product that ranks the features runs
+    in bf16 (5x faster than fp32 on a CPU with AVX512-BF16), and the chosen features' values are
+    then computed exactly in fp32 (``gather_dot``): bf16 only decides near-ties of the selection,
+    and every value and gradient is fp32."""
 
     @staticmethod
     def forward(ctx, xn, W, b, k):
         rows, width = len(xn), W.shape[1]
+        low = _low_precision(xn.device)
+        Wr, br = (W.to(low), b.to(low)) if low is not None else (W, b)      # cast once, not per chunk
         idx = torch.empty(rows, k, dtype=torch.long, device=xn.device)
         vals = torch.empty(rows, k, dtype=xn.dtype, device=xn.device)
-        for r in _row_chunks(rows, width):
-            v, i = topk(torch.addmm(b, xn[r], W), k)
-            vals[r], idx[r] = v.clamp_min_(0), i
-        ctx.save_for_backward(xn, W, idx, vals)
+        with torch.autocast(xn.device.type, enabled=False):
+            for r in row_chunks(rows, width):
+                v, i = row_topk(torch.addmm(br, xn[r].to(Wr.dtype), Wr), k)
+                vals[r], idx[r] = v.to(xn.dtype), i
+            Wt = W.t().contiguous()                                         # (width, d): feature rows
+            if low is not None:
+                vals = gather_dot(xn.contiguous(), Wt, idx) + b[idx]
+        vals.clamp_min_(0)
+        ctx.save_for_backward(xn, Wt, idx, vals)
         ctx.mark_non_differentiable(idx)
         return idx, vals
 
     @staticmethod
     def backward(ctx, _g_idx, g_vals):
-        xn, W, idx, vals = ctx.saved_tensors
-        g = g_vals * (vals > 0)
+        xn, Wt, idx, vals = ctx.saved_tensors
+        g = (g_vals.to(xn.dtype) * (vals > 0)).contiguous()
         g_xn = g_W = g_b = None
         if ctx.needs_input_grad[0]:          # sum_j g[b, j] W[:, idx[b, j]]: a sparse read of W's columns
-            g_xn = F.embedding_bag(idx, W.t().contiguous(), per_sample_weights=g, mode="sum")
+            g_xn = F.embedding_bag(idx, Wt, per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
-            g_W = _scatter_product(idx, g, xn, W.shape[1], _TopKEncode.DENSE_W).t()
+            g_W = scatter_outer(idx, g, xn.contiguous(), Wt.shape[0]).t()
         if ctx.needs_input_grad[2]:
-            g_b = torch.zeros(W.shape[1], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+            g_b = torch.zeros(Wt.shape[0], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
         return g_xn, g_W, g_b, None
 
 
@@ -389,8 +333,10 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
     def _encoder_bias(self) -> torch.Tensor:
         """(xn - b_dec) W_enc + b_enc is computed as xn W_enc + (b_enc - b_dec W_enc): the same value,
         but b_dec's gradient then costs one (width x d) product instead of a (B x width x d) one
-        (a third of the matrix products of a training step)."""
-        return self.b_enc - self.b_dec @ self.W_enc
+        (a third of the matrix products of a training step). Always in fp32: under bf16 autocast
+        the two large terms would cancel in bf16's 8 bits."""
+        with torch.autocast(self.b_dec.device.type, enabled=False):
+            return self.b_enc - self.b_dec @ self.W_enc
 
     def _encode_normalised(self, xn: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self._encoder_bias(), xn, self.W_enc)
@@ -464,7 +410,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         f, idx, vals, pre = self._codes(xn)
         x_hat = self.decode_features(f, idx, vals)
         err = xn - x_hat
-        sse = err.pow(2).sum(1)                                     # (B,)
+        sse = err.square().sum(1)                                   # (B,); pow(2)'s backward calls pow again
         if f is None:                                               # topk: only the k per row
             on = vals > 0
             l0 = on.sum(1).to(sse.dtype)
@@ -497,18 +443,25 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
 
     def _aux_loss(self, xn: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Gao et al.'s L_aux: the top aux_k dead latents reconstruct the residual, normalised by
-        the residual's variance. Only the dead columns of the encoder are multiplied (usually a
-        few per cent of the width); with no more of them than aux_k, all of them take part."""
+        the residual's variance. Only the dead columns of the encoder are multiplied; with no more
+        of them than aux_k, all of them take part. It reads ``aux_rows`` evenly spaced rows of the
+        batch, an unbiased estimate of the whole batch's loss: its five dense products over the
+        dead columns cost more than the rest of a step once many features are dead (MiniLM, 3072
+        features, k = 8, 41% dead: 190 of 300 ms at 4096 rows; benchmarks/RESULTS.md)."""
+        c = self.config
+        if c.aux_rows and len(xn) > c.aux_rows:
+            every = -(-len(xn) // c.aux_rows)
+            xn, residual = xn[::every], residual[::every]
         cols = dead.nonzero().squeeze(1)
         pre = torch.addmm(self._encoder_bias()[cols], xn, self.W_enc[:, cols])     # (B, dead)
-        k = min(self.config.aux_k, len(cols))
+        k = min(c.aux_k, len(cols))
         f = F.relu(pre)
         if k < len(cols):           # the top k of the dead, decoded densely: k is large (256) against them
-            vals, j = topk(pre, k)
-            f = torch.zeros_like(f).scatter(1, j, F.relu(vals))
+            _, j = row_topk(pre.detach(), k)
+            f = torch.zeros_like(f).scatter(1, j, f.gather(1, j))
         e_hat = f @ self.W_dec[cols]
-        var = (residual - residual.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
-        return (e_hat - residual).pow(2).sum(1).mean() / var
+        var = (residual - residual.mean(0)).square().sum(1).mean().clamp_min(1e-12)
+        return (e_hat - residual).square().sum(1).mean() / var
 
     def describe(self) -> str:
         c = self.config
@@ -519,9 +472,9 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
 def _fvu_stats(sse: torch.Tensor, xn: torch.Tensor) -> dict[str, Statistic]:
     """FVU = sum of squared errors / sum ||x - mean||^2 over every example seen, with the mean
     over every example too: additive totals (sse, sum x, sum ||x||^2, count) finished once."""
-    d = xn.shape[1]
-    total = torch.cat([sse.detach().double().sum().view(1),
-                       torch.tensor([float(len(xn))], dtype=torch.float64, device=xn.device),
-                       xn.detach().double().pow(2).sum().view(1),
-                       xn.detach().double().sum(0)])
+    d, x, f64 = xn.shape[1], xn.detach(), torch.float64
+    total = torch.cat([sse.detach().sum(dtype=f64).view(1),       # sums accumulated in fp64, no fp64 copies
+                       torch.tensor([float(len(xn))], dtype=f64, device=xn.device),
+                       x.square().sum(dtype=f64).view(1),
+                       x.sum(0, dtype=f64)])
     return {"fvu": Statistic(total, lambda t: t[0] / (t[2] - t[3:3 + d].pow(2).sum() / t[1]).clamp_min(1e-30))}
