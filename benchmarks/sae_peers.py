@@ -66,9 +66,11 @@ MODELS = {   # name: (model, hook, tokens harvested, default training budget in 
     "stories260k": (str(SHARED_DATA / "models" / "stories260K"), "resid_post.2", 2_000_000, 1_048_576),
     "minilm": ("minilm", "resid_post.3", 300_000, 163_840),
 }
-PEERS = {"sparsify": ("/tmp/peer-eai-sparsify/bin/python", "sparsify_side.py"),
-         "sae_lens": ("/tmp/peer-sae-lens/bin/python", "saelens_side.py")}
-LIBRARIES = ("zspace", "sparsify", "sae_lens")
+PEERS = {"sparsify": ("/tmp/peer-eai-sparsify/bin/python", "sparsify_side.py", ()),
+         # sparsify's forward under bf16 autocast, as it runs on a bf16 GPU (on a CPU it stays fp32)
+         "sparsify-bf16": ("/tmp/peer-eai-sparsify/bin/python", "sparsify_side.py", ("--precision", "bf16")),
+         "sae_lens": ("/tmp/peer-sae-lens/bin/python", "saelens_side.py", ())}
+LIBRARIES = ("zspace", "sparsify", "sparsify-bf16", "sae_lens")
 BATCH = 4096
 CONTEXT = 256
 DEAD_TOKENS = 1_000_000          # the issue's dead-fraction window at 32x
@@ -138,21 +140,21 @@ class _StepTimes:
 def train_zspace(pack: Path, out: Path, *, kind: str, width: int, k: int, steps: int, threads: int,
                  **options) -> tuple[SparseAutoencoder, dict]:
     """zspace.sae.train_sae with its defaults (schedule-free signum at 5e-3 / sqrt(width / 2^14),
-    constant), timed per step."""
+    constant; TopK ranks its features in bf16 where the CPU has it natively), timed per step."""
     config = sae_train.default_config(width, kind, epochs=None, steps=steps, batch_size=BATCH, threads=threads, seed=0)
-    lr = config.lr
+    lr, precision = config.lr, config.precision
     timer = _StepTimes()
     with mock.patch.object(sae_train, "train", partial(sae_train.train, callbacks=[timer])):
         run = sae_train.train_sae(pack, out, kind=kind, width=width, k=k, config=config, progress=False,
                                   overwrite=True, **options)
-    return run.model, {"library": "zspace", "lr": lr, "steps": steps, "tokens": steps * BATCH,
+    return run.model, {"library": "zspace", "lr": lr, "precision": precision, "steps": steps, "tokens": steps * BATCH,
                        "tokens_per_s": timer.tokens_per_s(), "threads": threads}
 
 
 # --------------------------------------------------------------------------------- peer side
 def run_peer(lib: str, pack: Path, out: Path, *, width: int, k: int, steps: int, threads: int) -> dict:
-    python, script = PEERS[lib]
-    cmd = [python, str(ROOT / "benchmarks" / "peers" / script), "--train", str(pack / "train"),
+    python, script, extra = PEERS[lib]
+    cmd = [python, str(ROOT / "benchmarks" / "peers" / script), *extra, "--train", str(pack / "train"),
            "--test", str(pack / "test"), "--order", str(pack / "order.npy"), "--steps", str(steps),
            "--batch-size", str(BATCH), "--width", str(width), "--k", str(k), "--seed", "0",
            "--threads", str(threads), "--out", str(out)]
@@ -253,8 +255,8 @@ def peers_grid(name: str, pack: Path, work: Path, args) -> list[dict]:
                 torch.set_num_threads(args.threads)
                 m = measure(sae, pack, lm, hook, texts, fidelity_tokens=args.fidelity_tokens,
                             dead_tokens=min(DEAD_TOKENS, steps * BATCH) if expansion == 32 else None)
-                r = {"model": name, "library": lib, "expansion": expansion, "width": width, "k": k,
-                     "train_wall_s": train_s, **info, **m}
+                r = {"model": name, "expansion": expansion, "width": width, "k": k,
+                     "train_wall_s": train_s, **info, **m, "library": lib}
                 done.write_text(json.dumps(r, indent=1))
                 results.append(r)
                 fid = m.get("fidelity", {})
@@ -288,9 +290,14 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
            "harvested tokens) after loading every peer's weights into a zspace topk SAE (reconstruction checked "
            "against the peer's own to 1e-4: largest difference in column check). Tokens/s: training rows per "
            "second over steps 2..S (the first step excluded). The budgets are short (what the shared CPU allowed "
-           "for 27 SAEs): they favour fast-converging optimizers (schedule-free signum, the default of both sparsify and zspace, "
+           "for 36 SAEs): they favour fast-converging optimizers (schedule-free signum, the default of both sparsify and zspace, "
            "at Gao et al.'s width-scaled lr); they are not converged results. MiniLM at 32x (12,288 "
-           "features) was left out: out of this CPU budget for three libraries."]
+           "features) was left out: out of this CPU budget for every library. Column precision: zspace's TopK "
+           "default ranks features with a bf16 product where the CPU has AVX512-BF16 or AMX (values, reconstruction "
+           "and gradients stay fp32); sparsify wraps its forward in bf16 autocast only on a bf16 GPU, so on a CPU its "
+           "default is fp32, and the row sparsify-bf16 runs the same forward under CPU bf16 autocast for comparison. "
+           "The throughput target is judged against sparsify's own default (fp32 here); the ratio to sparsify-bf16 "
+           "is given beside it."]
     verdict = []
     for name in models:
         rs = [r for r in results if r["model"] == name]
@@ -300,8 +307,8 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
                 f"N = {r0['held_out_tokens']:,} held-out tokens"
                 + (f"; dead at 32x also over the first {r0.get('dead_train_tokens', rs[-1].get('dead_train_tokens', 0)):,} training tokens"
                    if any("dead_train" in r for r in rs) else ""), "",
-                f"| width | k | library | lr | tokens/s | FVU | L0 | dead (held-out N) | dead (train tokens) | {fid} | check |",
-                "|---|---|---|---|---|---|---|---|---|---|---|"]
+                f"| width | k | library | precision | lr | tokens/s | FVU | L0 | dead (held-out N) | dead (train tokens) | {fid} | check |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for width in sorted({r["width"] for r in rs}):
             for k in sorted({r["k"] for r in rs}):
                 for lib in LIBRARIES:
@@ -312,18 +319,22 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
                     fs = (f"{f['ce_loss_recovered']:.4f} ({f['kl_clean_to_spliced']:.4f})" if "ce_loss_recovered" in f
                           else f"{f['embedding_cosine_mean']:.4f} ({f['nearest_neighbour_agreement']:.2f})" if f else "")
                     chk = "" if r.get("check_max_abs_diff") is None else f"{r['check_max_abs_diff']:.1e}"
-                    out.append(f"| {width} ({r['expansion']}x) | {k} | {lib} | {r['lr']:.3g} | {r['tokens_per_s']:,.0f} | "
-                               f"{r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_held_out']:.3f} | "
-                               f"{'' if 'dead_train' in r and False else (format(r['dead_train'], '.4f') if 'dead_train' in r else '')} | "
+                    out.append(f"| {width} ({r['expansion']}x) | {k} | {lib} | {r.get('precision', 'fp32')} | {r['lr']:.3g} | "
+                               f"{r['tokens_per_s']:,.0f} | {r['fvu']:.4f} | {r['l0']:.1f} | {r['dead_held_out']:.3f} | "
+                               f"{format(r['dead_train'], '.4f') if 'dead_train' in r else ''} | "
                                f"{fs} | {chk} |")
                 z = by.get((name, "zspace", width, k))
-                peers = [by[(name, p, width, k)] for p in ("sparsify", "sae_lens") if (name, p, width, k) in by]
+                peers = [by[(name, p, width, k)] for p in LIBRARIES[1:] if (name, p, width, k) in by]
                 if z and peers:
                     best = min(p["fvu"] for p in peers)
                     verdict.append((name, width, k, z["fvu"], best, z["fvu"] <= best))
-        sp = [r for r in rs if r["library"] == "sparsify"]
         zs = {(r["width"], r["k"]): r for r in rs if r["library"] == "zspace"}
-        ratios = [zs[(r["width"], r["k"])]["tokens_per_s"] / r["tokens_per_s"] for r in sp if (r["width"], r["k"]) in zs]
+
+        def ratios_to(lib):
+            return [zs[(r["width"], r["k"])]["tokens_per_s"] / r["tokens_per_s"] for r in rs
+                    if r["library"] == lib and (r["width"], r["k"]) in zs]
+
+        ratios, ratios_bf16 = ratios_to("sparsify"), ratios_to("sparsify-bf16")
         dead32 = [r for r in rs if r["library"] == "zspace" and r["expansion"] == 32]
         out += ["", f"Targets ({name}):"]
         v = [x for x in verdict if x[0] == name]
@@ -335,6 +346,9 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
             out.append(f"- training throughput >= 2x sparsify's: zspace/sparsify = "
                        + ", ".join(f"{x:.2f}" for x in ratios) + f" -> {'met' if min(ratios) >= 2 else 'not met'}"
                        f" (min {min(ratios):.2f}, max {max(ratios):.2f})")
+        if ratios_bf16:
+            out.append("- beside it, zspace/sparsify-bf16 (sparsify's forward under CPU bf16 autocast) = "
+                       + ", ".join(f"{x:.2f}" for x in ratios_bf16))
         if dead32:
             worst = max(r.get("dead_train", r["dead_held_out"]) for r in dead32)
             out.append(f"- dead fraction < 1% at 32x: zspace's worst {worst:.4f} over "

@@ -9,6 +9,8 @@ auxk_alpha is 0 and its dead threshold 10M tokens, so no aux-k term here), then
 ``remove_gradient_parallel_to_decoder_directions()``, and its default optimizer: signum,
 ``ScheduleFreeWrapper(SignSGD, momentum=0.95)`` at lr 5e-3 / sqrt(width / 2^14), no schedule.
 Weights are exported after ``optimizer.eval()`` (the schedule-free average), as its checkpoint does.
+``--precision bf16`` runs that forward under CPU bf16 autocast: what sparsify's own
+``@torch.autocast("cuda", enabled=torch.cuda.is_bf16_supported())`` does on a bf16 GPU.
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ def main() -> None:
         sae.set_decoder_norm_to_unit_norm()
         dead = since_fired > cfg.dead_feature_threshold if cfg.auxk_alpha > 0 else None
         total_variance = (x - x.mean(0)).pow(2).sum()
-        out = sae(x=x, y=x, dead_mask=dead, total_variance=total_variance)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            out = sae(x=x, y=x, dead_mask=dead, total_variance=total_variance)
         loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + out.multi_topk_fvu / 8
         loss.backward()
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -69,7 +72,7 @@ def main() -> None:
         m = held_out_metrics(lambda x: sae(x).sae_out, encode, X_test)
         check_x = torch.from_numpy(X_test[:64].astype(np.float32))
         check_xhat = sae(check_x).sae_out
-    m.update(library="sparsify", version=version("eai-sparsify"), lr=lr, optimizer=cfg.optimizer, steps=a.steps,
+    m.update(library="sparsify", version=version("eai-sparsify"), precision=a.precision, lr=lr, optimizer=cfg.optimizer, steps=a.steps,
              batch_size=a.batch_size, tokens=a.steps * a.batch_size, tokens_per_s=batches.tokens_per_s(),
              torch=torch.__version__, threads=torch.get_num_threads(), auxk_alpha=cfg.auxk_alpha,
              dead_feature_threshold=cfg.dead_feature_threshold)

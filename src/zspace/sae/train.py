@@ -57,9 +57,27 @@ OPTIMIZER_DEFAULTS = {"topk": dict(optimizer="signum", momentum=0.95),
                       "batchtopk": dict(optimizer="signum", momentum=0.95)}
 
 
+def default_precision(kind: str, device: str = "cpu") -> str:
+    """bf16 for TopK where the device computes it natively (AVX512-BF16 or AMX CPUs, Ampere or
+    later GPUs), else fp32. Under bf16 only the product that ranks the features is in bf16; the
+    chosen features' values, the reconstruction and every gradient stay fp32 (``_TopKEncode``),
+    so bf16 decides near-ties of the selection only. The other kinds would reconstruct from bf16
+    activations, and keep fp32. The choice is written into the run's config.json."""
+    from ..training.trainer import bf16_supported
+
+    if kind != "topk":
+        return "fp32"
+    try:
+        return "bf16" if bf16_supported(torch.device(device)) else "fp32"
+    except (RuntimeError, AssertionError):      # an unusable device: the trainer says so in one line
+        return "fp32"
+
+
 def default_config(width: int, kind: str = "topk", **given) -> TrainConfig:
     """The SAE training defaults for ``width`` features of ``kind``, with the options ``given`` on top."""
-    return TrainConfig(**{**TRAIN_DEFAULTS, **OPTIMIZER_DEFAULTS.get(kind, {}), "lr": default_lr(width), **given})
+    precision = default_precision(kind, given.get("device", "cpu"))
+    return TrainConfig(**{**TRAIN_DEFAULTS, **OPTIMIZER_DEFAULTS.get(kind, {}), "lr": default_lr(width),
+                          "precision": precision, **given})
 
 
 def dead_window(config: TrainConfig, rows: int) -> int:
