@@ -219,6 +219,40 @@ def test_aux_k_revives_dead_latents():
     assert dead_after[32] < dead_after[0] - 0.1, dead_after
 
 
+@pytest.mark.parametrize("share,every", [(0.0, 1), (1 / 16, 3)])
+def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every):
+    """_AuxK (one cast per operand, gradients by hand) equals autograd through the plain formula:
+    the top aux_k ReLU pre-activations of the dead latents decode the residual, over its variance.
+    With 12 of 64 features dead and aux_share 1/16 (4 features) it reads every 3rd row."""
+    x, _ = sparse_data(90)
+    m = sae(kind="topk", width=64, k=3, aux_k=5, aux_share=share).double()
+    m.init_from_data(x)
+    g = torch.Generator().manual_seed(1)
+    xn = torch.randn(90, D, generator=g, dtype=torch.float64)
+    residual = torch.randn(90, D, generator=g, dtype=torch.float64)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64, generator=g)[:12]] = True
+    params = (m.W_enc, m.b_enc, m.b_dec, m.W_dec)
+    got = m._aux_loss(xn, dead, residual)
+    got.backward()
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    cols = dead.nonzero().squeeze(1)
+    xs, rs = xn[::every], residual[::every]
+    pre = xs @ m.W_enc[:, cols] + (m.b_enc - m.b_dec @ m.W_enc)[cols]
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(5, dim=1).indices, True)
+    e_hat = (torch.relu(pre) * keep) @ m.W_dec[cols]
+    ref = (e_hat - rs).square().sum(1).mean() / (rs - rs.mean(0)).square().sum(1).mean()
+    ref.backward()
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
+    for a, p in zip(grads, params):
+        assert torch.allclose(a, p.grad, atol=1e-12), (a - p.grad).abs().max()
+    assert grads[0][:, ~dead].abs().max() == 0 and grads[0][:, dead].abs().max() > 0   # only dead columns move
+    with pytest.raises(ConfigError, match="aux_share"):
+        SAEConfig(aux_share=1.5)
+
+
 def test_jumprelu_threshold_learns_and_unit_norm_is_kept():
     x, _ = sparse_data(256)
     m = sae(kind="jumprelu", sparsity_weight=0.01)

@@ -61,7 +61,8 @@ class SAEConfig(ModelConfig):
     bandwidth: float = 0.05                # jumprelu: straight-through kernel width
     aux_k: int = 256                       # aux-k latents for dead features (0: off)
     aux_weight: float = 1 / 32             # Gao et al.'s alpha
-    aux_rows: int = 1024                   # rows of each batch the aux-k loss reads, evenly spaced (0: all)
+    aux_share: float = 0.0625              # aux-k reads every row while at most this share of features is dead,
+                                           # proportionally fewer (evenly spaced) beyond; 0: every row always
     dead_tokens: int = 1_000_000           # a feature silent this many tokens is dead
     unit_norm_decoder: bool | None = None  # None: on for topk, batchtopk, jumprelu
     encoder_scale: float | None = None     # W_enc = this x W_dec^T at init; None: 0.4 for topk/batchtopk, else 1
@@ -78,7 +79,8 @@ class SAEConfig(ModelConfig):
             if self.k > self.width:
                 raise ConfigError(f"k = {self.k} is more than the width ({self.width} features)")
         check_positive_int("aux_k", self.aux_k, minimum=0)
-        check_positive_int("aux_rows", self.aux_rows, minimum=0)
+        if not (math.isfinite(self.aux_share) and 0 <= self.aux_share <= 1):
+            raise ConfigError(f"aux_share must be in [0, 1], got {self.aux_share}")
         check_positive_int("dead_tokens", self.dead_tokens)
         for name in ("jump_threshold", "bandwidth", "aux_weight"):
             check_positive(name, getattr(self, name))
@@ -193,9 +195,11 @@ class _TopKEncode(torch.autograd.Function):
         idx = torch.empty(rows, k, dtype=torch.long, device=xn.device)
         vals = torch.empty(rows, k, dtype=xn.dtype, device=xn.device)
         with torch.autocast(xn.device.type, enabled=False):
+            xr = xn.to(Wr.dtype)
             for r in row_chunks(rows, width):
-                v, i = row_topk(torch.addmm(br, xn[r].to(Wr.dtype), Wr), k)
-                vals[r], idx[r] = v.to(xn.dtype), i
+                v, idx[r] = row_topk(torch.addmm(br, xr[r], Wr), k)
+                if low is None:
+                    vals[r] = v
             Wt = W.t().contiguous()                                         # (width, d): feature rows
             if low is not None:
                 vals = gather_dot(xn.contiguous(), Wt, idx) + b[idx]
@@ -216,6 +220,47 @@ class _TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             g_b = torch.zeros(Wt.shape[0], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
         return g_xn, g_W, g_b, None
+
+
+class _AuxK(torch.autograd.Function):
+    """Gao et al.'s L_aux over the dead columns ``cols``: the k largest ReLU pre-activations of
+    the dead latents decode the residual, ||e_hat - e||^2 over the residual's variance, averaged
+    over the rows. Its products run in ``low`` precision (bf16 under autocast) with every
+    operand cast once, and its loss and gradients come back in the parameters' dtype (fp32);
+    autocast's per-op casts and their backward casts had cost as much as the products themselves."""
+
+    @staticmethod
+    def forward(ctx, xn, residual, W_enc, b, W_dec, cols, k, low):
+        dt = low or xn.dtype
+        with torch.autocast(xn.device.type, enabled=False):
+            xl, We, Wd = xn.to(dt), W_enc[:, cols].to(dt), W_dec[cols].to(dt)       # (R, d) (d, n) (n, d)
+            pre = torch.addmm(b[cols].to(dt), xl, We)                             # (R, n)
+            if k < len(cols):    # the top k of the dead, decoded densely: k is large (256) against them
+                _, j = row_topk(pre, k)
+                f = torch.zeros_like(pre).scatter_(1, j, pre.gather(1, j).clamp_min_(0))
+            else:
+                f = pre.clamp_min_(0)
+            diff = (f @ Wd).to(residual.dtype) - residual                         # e_hat - e, (R, d)
+            var = (residual - residual.mean(0)).square().sum(1).mean().clamp_min(1e-12)
+            loss = diff.square().sum(1).mean() / var
+        ctx.save_for_backward(xl, f, Wd, diff, cols, var)
+        ctx.shapes = W_enc.shape, W_dec.shape
+        return loss
+
+    @staticmethod
+    def backward(ctx, g):
+        xl, f, Wd, diff, cols, var = ctx.saved_tensors
+        (d, width), dec_shape = ctx.shapes
+        with torch.autocast(xl.device.type, enabled=False):
+            g_e = (diff * (2 * g / (len(diff) * var))).to(f.dtype)              # (R, d)
+            g_pre = (g_e @ Wd.t()).mul_(f > 0)                                    # through the ReLU and the top k
+            g_We = torch.zeros(d, width, dtype=diff.dtype, device=diff.device)
+            g_We[:, cols] = (xl.t() @ g_pre).to(diff.dtype)
+            g_Wd = torch.zeros(dec_shape, dtype=diff.dtype, device=diff.device)
+            g_Wd[cols] = (f.t() @ g_e).to(diff.dtype)
+            g_b = torch.zeros(width, dtype=diff.dtype, device=diff.device)
+            g_b[cols] = g_pre.sum(0, dtype=diff.dtype)
+        return None, None, g_We, g_b, g_Wd, None, None, None
 
 
 def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -444,24 +489,22 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
     def _aux_loss(self, xn: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """Gao et al.'s L_aux: the top aux_k dead latents reconstruct the residual, normalised by
         the residual's variance. Only the dead columns of the encoder are multiplied; with no more
-        of them than aux_k, all of them take part. It reads ``aux_rows`` evenly spaced rows of the
-        batch, an unbiased estimate of the whole batch's loss: its five dense products over the
-        dead columns cost more than the rest of a step once many features are dead (MiniLM, 3072
-        features, k = 8, 41% dead: 190 of 300 ms at 4096 rows; benchmarks/RESULTS.md)."""
+        of them than aux_k, all of them take part. Its five dense products over the dead columns
+        cost 5 x dead / width of the encoder's product, more than the rest of a step once many
+        features are dead (MiniLM, 3072 features, k = 8, 41% dead: 190 of 300 ms at 4096 rows). So
+        while more than ``aux_share`` of the features are dead it reads every n-th row only, n =
+        ceil(dead / (aux_share x width)): an unbiased estimate of the batch's loss at a capped cost. With
+        few dead it reads every row: revival rests on the rare rows where a dead latent comes
+        near firing, and reading a quarter of them left 2.1% of stories260K's 2048 features silent
+        over 1M tokens instead of 0.2% (benchmarks/RESULTS.md, "SAEs against SAELens and sparsify")."""
         c = self.config
-        if c.aux_rows and len(xn) > c.aux_rows:
-            every = -(-len(xn) // c.aux_rows)
-            xn, residual = xn[::every], residual[::every]
         cols = dead.nonzero().squeeze(1)
-        pre = torch.addmm(self._encoder_bias()[cols], xn, self.W_enc[:, cols])     # (B, dead)
+        if c.aux_share and len(cols) > c.aux_share * c.width:
+            every = math.ceil(len(cols) / (c.aux_share * c.width))
+            xn, residual = xn[::every], residual[::every]
         k = min(c.aux_k, len(cols))
-        f = F.relu(pre)
-        if k < len(cols):           # the top k of the dead, decoded densely: k is large (256) against them
-            _, j = row_topk(pre.detach(), k)
-            f = torch.zeros_like(f).scatter(1, j, f.gather(1, j))
-        e_hat = f @ self.W_dec[cols]
-        var = (residual - residual.mean(0)).square().sum(1).mean().clamp_min(1e-12)
-        return (e_hat - residual).square().sum(1).mean() / var
+        return _AuxK.apply(xn, residual, self.W_enc, self._encoder_bias(), self.W_dec, cols, k,
+                           _low_precision(xn.device))
 
     def describe(self) -> str:
         c = self.config

@@ -23,7 +23,7 @@ from ..core import native
 
 SOURCE = Path(__file__).with_name("csrc") / "sparse_rows.c"
 _ENTRY_BYTES = 16                 # the C heap's (float, int64) entry, padded
-_MAX_COMPILED_K = 128             # the C selection's group bound needs k <= 128 groups
+_MAX_GROUP_VECTORS = 32           # the C selection's accumulators: up to 16 x 32 column groups, at least 2 columns each
 _pool: ThreadPoolExecutor | None = None
 
 _i64, _int, _p = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
@@ -92,7 +92,7 @@ def row_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows, width = x.shape
     if not 0 < k <= width:
         raise ValueError(f"k = {k} must be in 1..{width}")
-    if not (k <= _MAX_COMPILED_K and 8 * k <= width and x.dtype in (torch.float32, torch.bfloat16)
+    if not (4 * k <= width and k <= 16 * min(_MAX_GROUP_VECTORS, width // 32) and x.dtype in (torch.float32, torch.bfloat16)
             and x.stride(1) == 1 and _compiled(x)):
         return _blocked_topk(x, k)
     lib = _lib()

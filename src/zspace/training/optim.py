@@ -78,7 +78,7 @@ class ScheduleFreeSignum(AveragedIterates, torch.optim.Optimizer):
                 z.add_(p.grad.sign(), alpha=-lr)
                 st["step"] += 1
                 x.lerp_(z, 1.0 / float(st["step"]))
-                p.copy_(x).lerp_(z, 1 - beta)
+                torch.lerp(x, z, 1 - beta, out=p)      # y = beta x + (1 - beta) z, in one pass
         return loss
 
     @contextmanager

@@ -97,7 +97,7 @@ static void topk_scan_bf16(const uint16_t *X, int64_t r0, int64_t r1, int64_t wi
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#define MAX_ACC 8                  /* up to 8 vectors of 16 running maxima: 128 disjoint groups */
+#define MAX_ACC 32                 /* up to 32 vectors of 16 running maxima: 512 disjoint groups */
 
 static inline __m512 load16_f32(const float *p) { return _mm512_loadu_ps(p); }
 static inline __m512 load16_bf16(const uint16_t *p) {
