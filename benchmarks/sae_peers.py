@@ -64,7 +64,7 @@ from zspace.sae.lm import load_language_model  # noqa: E402
 CORPUS = SHARED_DATA / "text" / "tinystories-lower.txt"
 MODELS = {   # name: (model, hook, tokens harvested, default training budget in tokens)
     "stories260k": (str(SHARED_DATA / "models" / "stories260K"), "resid_post.2", 2_000_000, 1_048_576),
-    "minilm": ("minilm", "resid_post.3", 300_000, 163_840),
+    "minilm": ("minilm", "resid_post.3", 2_000_000, 917_504),   # the corpus gives 990,329 tokens
 }
 PEERS = {"sparsify": ("/tmp/peer-eai-sparsify/bin/python", "sparsify_side.py", ()),
          # sparsify's forward under bf16 autocast, as it runs on a bf16 GPU (on a CPU it stays fp32)
@@ -291,8 +291,10 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
            "against the peer's own to 1e-4: largest difference in column check). Tokens/s: training rows per "
            "second over steps 2..S (the first step excluded). The budgets are short (what the shared CPU allowed "
            "for 36 SAEs): they favour fast-converging optimizers (schedule-free signum, the default of both sparsify and zspace, "
-           "at Gao et al.'s width-scaled lr); they are not converged results. MiniLM at 32x (12,288 "
-           "features) was left out: out of this CPU budget for every library. Column precision: zspace's TopK "
+           "at Gao et al.'s width-scaled lr); they are not converged results. MiniLM trains on 917,504 tokens, nearly all "
+           "the corpus gives it (990,329; until 2026-12-07 it was 163,840, 40 steps, a transient in which a third of the "
+           "features were dead in every library); MiniLM at 32x (12,288 features) was left out: SAELens alone would "
+           "take about 45 CPU minutes for the three k (4,000 tokens/s at 8x). Column precision: zspace's TopK "
            "default ranks features with a bf16 product where the CPU has AVX512-BF16 or AMX (values, reconstruction "
            "and gradients stay fp32); sparsify wraps its forward in bf16 autocast only on a bf16 GPU, so on a CPU its "
            "default is fp32, and the row sparsify-bf16 runs the same forward under CPU bf16 autocast for comparison. "
@@ -507,7 +509,7 @@ def draw_pareto(points: list[dict], tokens: int, n: int, d: int) -> None:
 def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], reuse: bool = False) -> str:
     out = [f"Command: `{command_line()}`{REUSED if reuse else ''}", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
            f"zspace SAEs at 8x (width 512) on stories260K `resid_post.2`, {tokens:,} training tokens each "
-           f"(batch 4096, seed 0, zspace's defaults: lr 5e-3/sqrt(width/2^14) = 0.0283, constant; schedule-free signum for topk and batchtopk, Adam for relu and jumprelu), FVU and L0 on "
+           f"(batch 4096, seed 0, zspace's defaults: lr 5e-3/sqrt(width/2^14) = 0.0283, constant; schedule-free signum for topk and batchtopk, Adam for relu and jumprelu; topk ranks its features in bf16 where the CPU has it, as here), FVU and L0 on "
            f"N = {n:,} held-out tokens. Figure: docs/figures/sae-pareto-stories260k.png", "",
            "| kind | setting | L0 | FVU | dead (held-out) |", "|---|---|---|---|---|"]
     for p in points:

@@ -117,3 +117,21 @@ def test_a_failing_compiler_falls_back(monkeypatch, tmp_path):
     with pytest.warns(RuntimeWarning, match="failed"):
         assert native.load(sr.SOURCE, sr.SIGNATURES) is None
     assert not list((tmp_path / "cache" / "native").glob("*"))        # nothing half-written kept
+
+
+def test_a_forked_child_runs_the_threaded_kernels():
+    """The thread pool does not survive fork (its threads stay in the parent); a child builds its own."""
+    import multiprocessing as mp
+
+    torch.set_num_threads(2)
+    x = rows(400, 512, 4)
+    check_topk(x, 8, *sr.row_topk(x, 8))                     # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        vals = pool.apply_async(_child_topk, (x,)).get(timeout=60)
+    assert torch.equal(vals, x.topk(8, dim=1).values)
+
+
+def _child_topk(x):
+    torch.set_num_threads(2)
+    return sr.row_topk(x, 8)[0].sort(1, descending=True).values
