@@ -294,10 +294,13 @@ def _store(path, x):
     return path
 
 
-def test_train_sae_on_a_store_through_the_common_trainer_and_resume(tmp_path):
+@pytest.mark.parametrize("precision,optimizer", [("fp32", "adam"), ("bf16", "signum")])
+def test_train_sae_on_a_store_through_the_common_trainer_and_resume(tmp_path, precision, optimizer, bf16_anywhere):
+    """Bit-exact resume, also at the TopK default (bf16 ranking, compiled kernels, schedule-free signum)."""
     x, dirs = sparse_data(3000)
     store = _store(tmp_path / "acts", x)
-    cfg = zspace.TrainConfig(epochs=None, steps=30, batch_size=128, lr=3e-3, lr_schedule="constant", seed=1)
+    cfg = zspace.TrainConfig(epochs=None, steps=30, batch_size=128, lr=3e-3, lr_schedule="constant", seed=1,
+                             precision=precision, optimizer=optimizer)
     full = train_sae(store, tmp_path / "full", kind="topk", width=64, k=3, config=cfg, test_fraction=0.1,
                      progress=False, dead_tokens=500)
     train_sae(store, tmp_path / "part", kind="topk", width=64, k=3, config=cfg.replace(steps=12),
