@@ -234,6 +234,8 @@ def peers_grid(name: str, pack: Path, work: Path, args) -> list[dict]:
     cache.mkdir(parents=True, exist_ok=True)
     for lib in args.libraries:            # one library after another, never two at once
         for expansion in args.minilm_expansions if name == "minilm" else args.expansions:
+            if f"{lib}:{name}:{expansion}" in args.skip:
+                continue
             for k in args.k:
                 width = expansion * d
                 tag = f"{lib}-w{width}-k{k}-s{steps}"
@@ -275,6 +277,17 @@ def _fidelity_str(f: dict) -> str:
     return ""
 
 
+def _left_out(args) -> str:
+    if 32 not in args.minilm_expansions:
+        return ("MiniLM at 32x (12,288 features) was left out: SAELens alone would take about 45 CPU minutes for "
+                "the three k (4,000 tokens/s at 8x). ")
+    if "sae_lens:minilm:32" in args.skip:
+        return ("SAELens is left out of MiniLM at 32x (12,288 features; `--skip sae_lens:minilm:32`): at about "
+                "1,000 tokens/s it would take 45 CPU minutes for the three k, and it is the worse peer in every "
+                "other cell. ")
+    return ""
+
+
 def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
     by = {(r["model"], r["library"], r["width"], r["k"]): r for r in results}
     models = sorted({r["model"] for r in results}, key=list(MODELS).index)
@@ -290,11 +303,10 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
            "harvested tokens) after loading every peer's weights into a zspace topk SAE (reconstruction checked "
            "against the peer's own to 1e-4: largest difference in column check). Tokens/s: training rows per "
            "second over steps 2..S (the first step excluded). The budgets are short (what the shared CPU allowed "
-           "for 36 SAEs): they favour fast-converging optimizers (schedule-free signum, the default of both sparsify and zspace, "
+           f"for {len(results)} SAEs): they favour fast-converging optimizers (schedule-free signum, the default of both sparsify and zspace, "
            "at Gao et al.'s width-scaled lr); they are not converged results. MiniLM trains on 917,504 tokens, nearly all "
            "the corpus gives it (990,329; until 2026-12-07 it was 163,840, 40 steps, a transient in which a third of the "
-           "features were dead in every library); MiniLM at 32x (12,288 features) was left out: SAELens alone would "
-           "take about 45 CPU minutes for the three k (4,000 tokens/s at 8x). Column precision: zspace's TopK "
+           f"features were dead in every library). {_left_out(args)}Column precision: zspace's TopK "
            "default ranks features with a bf16 product where the CPU has AVX512-BF16 or AMX (values, reconstruction "
            "and gradients stay fp32); sparsify wraps its forward in bf16 autocast only on a bf16 GPU, so on a CPU its "
            "default is fp32, and the row sparsify-bf16 runs the same forward under CPU bf16 autocast for comparison. "
@@ -536,6 +548,8 @@ def main() -> None:
     p.add_argument("--minilm-expansions", nargs="+", type=int, default=[8],
                    help="MiniLM widths (32x = 12288 features is out of reach of this CPU budget for all three)")
     p.add_argument("--k", nargs="+", type=int, default=[8, 16, 32])
+    p.add_argument("--skip", nargs="*", default=[], metavar="LIB:MODEL:EXPANSION",
+                   help="leave these cells out, e.g. sae_lens:minilm:32 (about 45 CPU minutes for the three k)")
     p.add_argument("--budget", nargs="*", default=[], metavar="MODEL=TOKENS",
                    help="training tokens per SAE (rounded down to whole batches); defaults: "
                         + ", ".join(f"{m}={v[3]}" for m, v in MODELS.items()))
