@@ -85,11 +85,14 @@ class CausalSelfAttention(nn.Module):
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
         t_new, t_all = q.shape[2], k.shape[2]
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])                 # (B, H, T_new, T_all)
-        # query i (absolute position t_all - t_new + i) sees keys up to its own position
-        future = torch.ones(t_new, t_all, dtype=torch.bool, device=x.device).triu(t_all - t_new + 1)
-        att = self.drop(att.masked_fill(future, float("-inf")).softmax(-1))
-        out = (att @ v).transpose(1, 2).reshape(x.shape)
+        if t_new == t_all or t_new == 1:    # the whole sequence (causal), or one new position (sees every key)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.0,
+                                                 is_causal=t_new > 1)
+        else:    # a block of new positions after cached ones: query i (absolute t_all - t_new + i) sees keys <= it
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])             # (B, H, T_new, T_all)
+            future = torch.ones(t_new, t_all, dtype=torch.bool, device=x.device).triu(t_all - t_new + 1)
+            out = self.drop(att.masked_fill(future, float("-inf")).softmax(-1)) @ v
+        out = out.transpose(1, 2).reshape(x.shape)
         return self.drop(self.proj(out))
 
 
