@@ -27,12 +27,17 @@ against L0 (docs/figures/sae-pareto-stories260k.png).
     python benchmarks/sae_peers.py --threads 1 --part peers --models stories260k
     python benchmarks/sae_peers.py --threads 1 --part pareto
     python benchmarks/sae_peers.py --threads 1 --part init-scale
+    python benchmarks/sae_peers.py --threads 2 --part aux --k 8 16
 
 The init-scale part is how the default initial encoder scale (``SAEConfig.encoder_scale``: W_enc
 = s W_dec^T) was chosen: zspace's TopK at s in {0.25, 0.4, 0.577, 1} on every width/k cell of
 both models at the peers' budget; for each model left out, s is the one with the best mean rank
 over the other model's cells, and the table reports the left-out model's FVU at that s beside
-sparsify's (from the peers part's cached results).
+sparsify's (from the peers part's cached results). It ran with the plain aux-k form.
+
+The aux part is how the aux-k form (``SAEConfig.aux_rescale``) was chosen: at 32x, Gao et al.'s
+plain loss, the rescaled one and none, per model and k; the form with the fewest cells at 1% dead
+or more on the other model (then the best mean FVU rank) is scored on the left-out model.
 """
 from __future__ import annotations
 
@@ -449,6 +454,98 @@ def init_scale_markdown(rows: list[dict], loads: list[str]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------- the aux-k form
+AUX_VARIANTS = {"plain": {"aux_rescale": False},    # Gao et al.'s ||e_hat - e||^2 (zspace's default until 2026-12-07)
+                "rescaled": {"aux_rescale": True},   # e_hat scaled down to its least-squares fit where it overshoots
+                "off": {"aux_k": 0}}
+
+
+def aux_study(work: Path, args) -> list[dict]:
+    """zspace's TopK at 32x with each aux-k form: held-out FVU and the dead fraction over the
+    first min(1M, budget) training tokens (the issue's window), per model and k."""
+    rows = []
+    for name in args.models:
+        pack = prepare(name, work)
+        steps = args.budget.get(name, MODELS[name][3]) // BATCH
+        d = ShardStore(pack / "test").example_shape[0]
+        cache = work / "results" / "aux" / name
+        cache.mkdir(parents=True, exist_ok=True)
+        for k in args.k:
+            width = 32 * d
+            peer = work / "results" / name / f"sparsify-w{width}-k{k}-s{steps}.json"
+            sparsify = json.loads(peer.read_text()) if peer.is_file() else None
+            for variant, options in AUX_VARIANTS.items():
+                done = cache / f"w{width}-k{k}-s{steps}-{variant}.json"
+                if args.reuse and done.is_file():
+                    rows.append(json.loads(done.read_text()))
+                    continue
+                sae, info = train_zspace(pack, work / "runs" / "aux" / name, kind="topk", width=width, k=k,
+                                         steps=steps, threads=args.threads, **options)
+                fvu, l0, fires, n = sae_train.feature_statistics(sae, ShardStore(pack / "test"))
+                dead, window = dead_over_training_tokens(sae, pack, min(DEAD_TOKENS, steps * BATCH))
+                r = {"model": name, "width": width, "k": k, "variant": variant, "steps": steps,
+                     "tokens": steps * BATCH, "fvu": float(fvu), "held_out_tokens": n, "dead_train": dead,
+                     "dead_window": window, "tokens_per_s": info["tokens_per_s"],
+                     "sparsify_fvu": sparsify and sparsify["fvu"], "sparsify_dead": sparsify and sparsify.get("dead_train")}
+                done.write_text(json.dumps(r, indent=1))
+                rows.append(r)
+                print(f"aux {name} w={width} k={k} {variant}: FVU {fvu:.4f}, dead {dead:.4f} over {window:,} tokens",
+                      flush=True)
+    return rows
+
+
+def aux_markdown(rows: list[dict], loads: list[str]) -> str:
+    models = sorted({r["model"] for r in rows}, key=list(MODELS).index)
+    by = {(r["model"], r["k"], r["variant"]): r for r in rows}
+    ks = {m: sorted({r["k"] for r in rows if r["model"] == m}) for m in models}
+    names = list(AUX_VARIANTS)
+
+    def score(model: str, v: str) -> tuple[int, float]:
+        """(cells with 1% or more dead, mean FVU rank among the variants)"""
+        over = sum(by[(model, k, v)]["dead_train"] >= 0.01 for k in ks[model])
+        ranks = [sorted(names, key=lambda u: by[(model, k, u)]["fvu"]).index(v) + 1 for k in ks[model]]
+        return over, float(np.mean(ranks))
+
+    r0 = rows[0]
+    out = [f"Command: `{command_line()}`", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
+           "zspace TopK at 32x d, its defaults (schedule-free signum, bf16 ranking, aux_k 256, aux_weight 1/32, "
+           "dead after a 32nd of the training tokens) except the aux-k form, seed 0, the peers part's data, budgets "
+           "and batch order. plain: Gao et al.'s ||e_hat - e||^2 over the residual's variance; rescaled: e_hat "
+           "times min(1, <e_hat, e>/||e_hat||^2) per row (constant in the gradient), `aux_rescale`; off: aux_k 0. "
+           "FVU on the held-out rows; dead: no activation over the first min(1M, budget) training tokens. "
+           "sparsify: its cached peers-part result (its aux-k waits 10M tokens, so it never acts here).", "",
+           "| model | width | k | tokens | " + " | ".join(f"{v}: FVU / dead" for v in names) + " | sparsify: FVU / dead |",
+           "|---|---|---|---|" + "---|" * (len(names) + 1)]
+    for m in models:
+        for k in ks[m]:
+            a = by[(m, k, names[0])]
+            sp = (f"{a['sparsify_fvu']:.4f} / {a['sparsify_dead']:.2%}" if a["sparsify_fvu"] is not None
+                  and a["sparsify_dead"] is not None else "")
+            out.append(f"| {m} | {a['width']} | {k} | {a['tokens']:,} | "
+                       + " | ".join(f"{by[(m, k, v)]['fvu']:.4f} / {by[(m, k, v)]['dead_train']:.2%}" for v in names)
+                       + f" | {sp} |")
+    reused = sorted({r["from"] for r in rows if r.get("from")})
+    if reused:
+        out += ["", "Rows not trained by this command: " + "; ".join(reused) + " (same data, budget, order, seed and code "
+                "but for the aux-k form)."]
+    out += ["", "Leave one model out: the form with the fewest cells at 1% dead or more on the other model, ties "
+            "broken by its mean FVU rank there, scored on the left-out model.", "",
+            "| left out | on the other: cells >= 1% dead, mean FVU rank | chosen | left-out: worst dead | "
+            "left-out: FVU <= sparsify |", "|---|---|---|---|---|"]
+    for m in models:
+        others = [o for o in models if o != m]
+        if not others:
+            continue
+        sc = {v: (sum(score(o, v)[0] for o in others), float(np.mean([score(o, v)[1] for o in others]))) for v in names}
+        chosen = min(names, key=lambda v: sc[v])
+        worst = max(by[(m, k, chosen)]["dead_train"] for k in ks[m])
+        have = [k for k in ks[m] if by[(m, k, chosen)]["sparsify_fvu"] is not None]
+        won = [k for k in have if by[(m, k, chosen)]["fvu"] <= by[(m, k, chosen)]["sparsify_fvu"]]
+        out.append(f"| {m} | " + ", ".join(f"{v}: {sc[v][0]}, {sc[v][1]:.2f}" for v in names)
+                   + f" | {chosen} | {worst:.2%} | {len(won)} of {len(have)} |")
+    return "\n".join(out)
+
+
 # -------------------------------------------------------------------------------- the Pareto
 PARETO = {"relu": [("sparsity_weight", v) for v in (0.5, 2.0, 5.0, 20.0)],
           "topk": [("k", v) for v in (8, 16, 32, 64)],
@@ -541,7 +638,7 @@ def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], r
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--part", choices=("all", "peers", "pareto", "init-scale"), default="all")
+    p.add_argument("--part", choices=("all", "peers", "pareto", "init-scale", "aux"), default="all")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     p.add_argument("--expansions", nargs="+", type=int, default=[8, 32])
@@ -582,6 +679,13 @@ def main() -> None:
         print(md)
         if not args.no_write:
             update_section("sae-init-scale", "## SAE encoder initial scale, chosen leaving one model out (issue 16)\n\n" + md)
+    if args.part in ("all", "aux"):
+        rows = aux_study(work, args)
+        loads.append(f"{os.getloadavg()[0]:.1f}")
+        md = aux_markdown(rows, loads)
+        print(md)
+        if not args.no_write:
+            update_section("sae-aux", "## SAE aux-k under sign descent, chosen leaving one model out (issue 16)\n\n" + md)
     if args.part in ("all", "pareto"):
         pack = prepare("stories260k", work)
         points, tokens, n = pareto(pack, work, args)

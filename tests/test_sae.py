@@ -219,13 +219,14 @@ def test_aux_k_revives_dead_latents():
     assert dead_after[32] < dead_after[0] - 0.1, dead_after
 
 
-@pytest.mark.parametrize("share,every", [(0.0, 1), (1 / 16, 3)])
-def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every):
+@pytest.mark.parametrize("share,every,rescale", [(0.0, 1, False), (1 / 16, 3, False), (0.0, 1, True), (1 / 16, 3, True)])
+def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every, rescale):
     """_AuxK (one cast per operand, gradients by hand) equals autograd through the plain formula:
-    the top aux_k ReLU pre-activations of the dead latents decode the residual, over its variance.
+    the top aux_k ReLU pre-activations of the dead latents decode the residual, over its variance;
+    with aux_rescale, e_hat times each row's least-squares scale (held constant) does.
     With 12 of 64 features dead and aux_share 1/16 (4 features) it reads every 3rd row."""
     x, _ = sparse_data(90)
-    m = sae(kind="topk", width=64, k=3, aux_k=5, aux_share=share).double()
+    m = sae(kind="topk", width=64, k=3, aux_k=5, aux_share=share, aux_rescale=rescale).double()
     m.init_from_data(x)
     g = torch.Generator().manual_seed(1)
     xn = torch.randn(90, D, generator=g, dtype=torch.float64)
@@ -243,6 +244,10 @@ def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every):
     pre = xs @ m.W_enc[:, cols] + (m.b_enc - m.b_dec @ m.W_enc)[cols]
     keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(5, dim=1).indices, True)
     e_hat = (torch.relu(pre) * keep) @ m.W_dec[cols]
+    if rescale:
+        scale = ((e_hat * rs).sum(1, keepdim=True) / e_hat.square().sum(1, keepdim=True)).clamp(0, 1).detach()
+        assert (scale > 0).any() and not torch.allclose(scale, torch.ones_like(scale))
+        e_hat = e_hat * scale
     ref = (e_hat - rs).square().sum(1).mean() / (rs - rs.mean(0)).square().sum(1).mean()
     ref.backward()
     assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)

@@ -25,7 +25,8 @@ the input scale from it, ``init_from_data``); W_enc initialised as W_dec's trans
 decoder rows for topk/batchtopk/jumprelu, kept by removing the gradient's component along each
 row and renormalising after every step (``training_callbacks``); the aux-k loss (Gao et al.
 2024): the ``aux_k`` largest pre-activations of latents that have not fired for ``dead_tokens``
-tokens reconstruct the residual, weighted ``aux_weight``. Features are decoded sparsely
+tokens reconstruct the residual, weighted ``aux_weight``, their sum scaled down to its least-squares
+fit where it overshoots (``aux_rescale``). Features are decoded sparsely
 (``embedding_bag`` over the active indices) when k is small against the width.
 
 Per-example terms: ``mse`` (squared error per dimension, normalised space), ``l0`` (active
@@ -63,6 +64,7 @@ class SAEConfig(ModelConfig):
     aux_weight: float = 1 / 32             # Gao et al.'s alpha
     aux_share: float = 0.0625              # aux-k reads every row while at most this share of features is dead,
                                            # proportionally fewer (evenly spaced) beyond; 0: every row always
+    aux_rescale: bool = True               # aux-k scales an overshooting sum down to its least-squares fit (off: Gao's plain loss)
     dead_tokens: int = 1_000_000           # a feature silent this many tokens is dead
     unit_norm_decoder: bool | None = None  # None: on for topk, batchtopk, jumprelu
     encoder_scale: float | None = None     # W_enc = this x W_dec^T at init; None: 0.4 for topk/batchtopk, else 1
@@ -82,6 +84,8 @@ class SAEConfig(ModelConfig):
         if not (math.isfinite(self.aux_share) and 0 <= self.aux_share <= 1):
             raise ConfigError(f"aux_share must be in [0, 1], got {self.aux_share}")
         check_positive_int("dead_tokens", self.dead_tokens)
+        if not isinstance(self.aux_rescale, bool):
+            raise ConfigError(f"aux_rescale must be true or false, got {self.aux_rescale!r}")
         for name in ("jump_threshold", "bandwidth", "aux_weight"):
             check_positive(name, getattr(self, name))
         if self.encoder_scale is not None:
@@ -224,13 +228,14 @@ class _TopKEncode(torch.autograd.Function):
 
 class _AuxK(torch.autograd.Function):
     """Gao et al.'s L_aux over the dead columns ``cols``: the k largest ReLU pre-activations of
-    the dead latents decode the residual, ||e_hat - e||^2 over the residual's variance, averaged
-    over the rows. Its products run in ``low`` precision (bf16 under autocast) with every
+    the dead latents decode the residual, ||s e_hat - e||^2 over the residual's variance, averaged
+    over the rows, with s = 1 or (``rescale``) min(1, <e_hat, e> / ||e_hat||^2) per row, constant
+    in the gradient. Its products run in ``low`` precision (bf16 under autocast) with every
     operand cast once, and its loss and gradients come back in the parameters' dtype (fp32);
     autocast's per-op casts and their backward casts had cost as much as the products themselves."""
 
     @staticmethod
-    def forward(ctx, xn, residual, W_enc, b, W_dec, cols, k, low):
+    def forward(ctx, xn, residual, W_enc, b, W_dec, cols, k, low, rescale):
         dt = low or xn.dtype
         with torch.autocast(xn.device.type, enabled=False):
             xl, We, Wd = xn.to(dt), W_enc[:, cols].to(dt), W_dec[cols].to(dt)       # (R, d) (d, n) (n, d)
@@ -240,19 +245,24 @@ class _AuxK(torch.autograd.Function):
                 f = torch.zeros_like(pre).scatter_(1, j, pre.gather(1, j).clamp_min_(0))
             else:
                 f = pre.clamp_min_(0)
-            diff = (f @ Wd).to(residual.dtype) - residual                         # e_hat - e, (R, d)
+            e_hat = (f @ Wd).to(residual.dtype)                                   # (R, d)
+            s = None
+            if rescale:    # each row's least-squares scale, held constant: the loss sees e_hat's direction
+                s = ((e_hat * residual).sum(1) / e_hat.square().sum(1).clamp_min(1e-12)).clamp_(0, 1)[:, None]
+                e_hat = e_hat * s
+            diff = e_hat - residual                                               # (R, d)
             var = (residual - residual.mean(0)).square().sum(1).mean().clamp_min(1e-12)
             loss = diff.square().sum(1).mean() / var
-        ctx.save_for_backward(xl, f, Wd, diff, cols, var)
+        ctx.save_for_backward(xl, f, Wd, diff if s is None else diff * s, cols, var)
         ctx.shapes = W_enc.shape, W_dec.shape
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        xl, f, Wd, diff, cols, var = ctx.saved_tensors
+        xl, f, Wd, diff, cols, var = ctx.saved_tensors                          # diff: (s e_hat - e) * s
         (d, width), dec_shape = ctx.shapes
         with torch.autocast(xl.device.type, enabled=False):
-            g_e = (diff * (2 * g / (len(diff) * var))).to(f.dtype)              # (R, d)
+            g_e = (diff * (2 * g / (len(diff) * var))).to(f.dtype)              # d loss / d e_hat, (R, d)
             g_pre = (g_e @ Wd.t()).mul_(f > 0)                                    # through the ReLU and the top k
             g_We = torch.zeros(d, width, dtype=diff.dtype, device=diff.device)
             g_We[:, cols] = (xl.t() @ g_pre).to(diff.dtype)
@@ -260,7 +270,7 @@ class _AuxK(torch.autograd.Function):
             g_Wd[cols] = (f.t() @ g_e).to(diff.dtype)
             g_b = torch.zeros(width, dtype=diff.dtype, device=diff.device)
             g_b[cols] = g_pre.sum(0, dtype=diff.dtype)
-        return None, None, g_We, g_b, g_Wd, None, None, None
+        return None, None, g_We, g_b, g_Wd, None, None, None, None
 
 
 def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -496,7 +506,15 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         ceil(dead / (aux_share x width)): an unbiased estimate of the batch's loss at a capped cost. With
         few dead it reads every row: revival rests on the rare rows where a dead latent comes
         near firing, and reading a quarter of them left 2.1% of stories260K's 2048 features silent
-        over 1M tokens instead of 0.2% (benchmarks/RESULTS.md, "SAEs against SAELens and sparsify")."""
+        over 1M tokens instead of 0.2% (benchmarks/RESULTS.md, "SAEs against SAELens and sparsify").
+
+        ``aux_rescale``: where the aux latents' sum e_hat is longer along the residual than the residual
+        itself, it is scaled by s = <e_hat, e> / ||e_hat||^2 (held constant) before the loss, so the loss
+        asks the dead latents to point at what the live ones leave unexplained, not to shrink together.
+        Under sign descent the aux weight does not reach the dead features' parameters (they get no other
+        gradient, and signum steps by the sign), and 256 aux latents summing to several times the residual
+        drove them below the ReLU gate for good: MiniLM layer 3, 12,288 features, k = 8: 56% silent over
+        the training tokens with Gao et al.'s plain form (benchmarks/RESULTS.md, "SAE aux-k")."""
         c = self.config
         cols = dead.nonzero().squeeze(1)
         if c.aux_share and len(cols) > c.aux_share * c.width:
@@ -504,7 +522,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
             xn, residual = xn[::every], residual[::every]
         k = min(c.aux_k, len(cols))
         return _AuxK.apply(xn, residual, self.W_enc, self._encoder_bias(), self.W_dec, cols, k,
-                           _low_precision(xn.device))
+                           _low_precision(xn.device), c.aux_rescale)
 
     def describe(self) -> str:
         c = self.config
