@@ -245,9 +245,11 @@ def sampling_speeds(args) -> None:
     for name in ("tile-transformer", "gated-pixelcnn", "subpixel-pixelcnn"):
         if (OUT / name / "config.json").is_file():
             run = zspace.load_run(OUT / name)
-            speed[name] = {str(b): seconds_per_image(run.sample, b) for b in args.speed_batches}
+            speed[name] = {str(b): min(seconds_per_image(run.sample, b) for _ in range(args.repeats))
+                           for b in args.speed_batches}
             print(name, speed[name], flush=True)
-    facts["speed"] = dict(batches=list(args.speed_batches), seconds=speed, command=command_line(), threads=args.threads)
+    facts["speed"] = dict(batches=list(args.speed_batches), seconds=speed, command=command_line(), threads=args.threads,
+                          repeats=args.repeats)
     facts_path.write_text(json.dumps(facts, indent=1))
 
 
@@ -262,7 +264,7 @@ def speed_markdown(f: dict) -> str:
     rows += "\n| subpixel PixelCNN, trained (above) | " + " | ".join(f"{sub[str(b)]:.3f} s (1x)" for b in bs) + " |"
     return f"""
 Sampling at equal batch sizes, the trained subpixel PixelCNN against each tile prior (decoding included):
-`{sp['command']}`, {sp['threads']} threads. Seconds per image (subpixel / this).
+`{sp['command']}`, {sp['threads']} threads. Seconds per image, the fastest of {sp.get('repeats', 1)} timings (subpixel / this).
 
 | model | """ + " | ".join(f"batch {b}" for b in bs) + """ |
 |---|""" + "---|" * len(bs) + f"""
@@ -278,10 +280,13 @@ def speed_verdict(f: dict, sec: dict, bs: list[int]) -> str:
     best = max(ratios, key=lambda n: max(ratios[n].values()))
     lo, hi = min(ratios[best].values()), max(ratios[best].values())
     untrained = max(f["subpixel_sec"] / r["sec_per_image"] for r in f["priors"].values())
-    met = lo >= 50
+    met = [b for b in bs if ratios[best][b] >= 50]
+    verdict = ("met" if len(met) == len(bs) else "not met" if not met else
+               f"met at batch {', '.join(map(str, met))}, not at batch "
+               f"{', '.join(str(b) for b in bs if b not in met)}")
     return (f"Target \"a tile prior samples >= 50x faster than the subpixel PixelCNN at equal or better FID\": against "
             f"the trained subpixel model at equal batch, the faster prior ({best}) is {lo:.0f}-{hi:.0f}x faster with "
-            f"the better KID: **{'met' if met else 'not met'}**. Against the larger 5-block categorical PixelCNN of the "
+            f"the better KID: **{verdict}**. Against the larger 5-block categorical PixelCNN of the "
             f"first table (timed untrained, batch 4) it is {untrained:.0f}x. The subpixel model trained here is small "
             f"(4 layers x 32 channels) and its cached step costs about what a tile step does (2-3 ms at batch 64): at "
             f"these sizes the ratio is the number of steps (12,288 / 256 = 48) times the ratio of per-step costs.")
@@ -363,6 +368,7 @@ def main() -> None:
                     help="speed: time the saved priors and subpixel PixelCNN at --speed-batches; "
                          "report: rewrite the RESULTS.md section from the saved facts, training nothing")
     ap.add_argument("--speed-batches", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--repeats", type=int, default=3, help="--stage speed: timings per model and batch (the fastest is kept)")
     ap.add_argument("--steps", type=int, default=240, help="VQ-VAE optimiser steps (batch 32)")
     ap.add_argument("--channels", type=lambda s: [int(v) for v in s.split(",")], default=[16, 32])
     ap.add_argument("--blocks", type=int, default=0)

@@ -78,9 +78,17 @@ class CausalSelfAttention(nn.Module):
         return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)          # (B, H, T, d/H)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """``cache`` (sampling): keys and values of the earlier positions, extended in place by x's."""
+        """``cache`` (sampling): keys and values of the earlier positions, extended by x's; with a
+        ``capacity`` they live in buffers of that length written in place (no copy of the past each step)."""
         q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
-        if cache is not None:
+        if cache is not None and "capacity" in cache:      # preallocated keys and values, written in place
+            if "k" not in cache:
+                shape = (k.shape[0], k.shape[1], cache["capacity"], k.shape[3])
+                cache["k"], cache["v"], cache["n"] = k.new_empty(shape), v.new_empty(shape), 0
+            n0, n1 = cache["n"], cache["n"] + k.shape[2]
+            cache["k"][:, :, n0:n1], cache["v"][:, :, n0:n1], cache["n"] = k, v, n1
+            k, v = cache["k"][:, :, :n1], cache["v"][:, :, :n1]
+        elif cache is not None:
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
             cache["k"], cache["v"] = k, v
@@ -199,15 +207,16 @@ class TileTransformer(Model, ExactLikelihood, SamplesFromPrior):
         c = self.config
         inputs = self._start(y, n)                                               # (n, 1, width)
         tokens = torch.zeros(n, c.positions, dtype=torch.long, device=self.position.device)
-        caches: list[dict] = [{} for _ in self.blocks]
+        caches: list[dict] = [{"capacity": c.positions} for _ in self.blocks]
         for t in range(c.positions):
             if cached:
-                logits = self._step(inputs[:, -1:], t, caches)
+                logits = self._step(inputs, t, caches)
             else:
                 h = self.drop(inputs + self.position[:t + 1])
                 for blk in self.blocks:
                     h = blk(h)
                 logits = self.out(self.ln(h))[:, -1]
             tokens[:, t] = torch.multinomial(F.softmax(logits, -1), 1)[:, 0]
-            inputs = torch.cat([inputs, self.token(tokens[:, t:t + 1])], 1)
+            new = self.token(tokens[:, t:t + 1])
+            inputs = new if cached else torch.cat([inputs, new], 1)
         return tokens.reshape(n, *c.input_shape)
