@@ -16,7 +16,6 @@ Shapes: x (B, 1, h, w) integers in [0, K); NLL in nats per grid (exact).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -78,28 +77,23 @@ class CausalSelfAttention(nn.Module):
         return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)          # (B, H, T, d/H)
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        """``cache`` (sampling): keys and values of the earlier positions, extended by x's; with a
-        ``capacity`` they live in buffers of that length written in place (no copy of the past each step)."""
+        """``cache`` (sampling): {"capacity": T}, then buffers of T keys and values written in place
+        as positions arrive (no copy of the past each step)."""
         q, k, v = (self._split(t) for t in self.qkv(x).chunk(3, dim=-1))
-        if cache is not None and "capacity" in cache:      # preallocated keys and values, written in place
+        if cache is not None:
             if "k" not in cache:
                 shape = (k.shape[0], k.shape[1], cache["capacity"], k.shape[3])
                 cache["k"], cache["v"], cache["n"] = k.new_empty(shape), v.new_empty(shape), 0
             n0, n1 = cache["n"], cache["n"] + k.shape[2]
             cache["k"][:, :, n0:n1], cache["v"][:, :, n0:n1], cache["n"] = k, v, n1
             k, v = cache["k"][:, :, :n1], cache["v"][:, :, :n1]
-        elif cache is not None:
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
         t_new, t_all = q.shape[2], k.shape[2]
-        if t_new == t_all or t_new == 1:    # the whole sequence (causal), or one new position (sees every key)
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.0,
-                                                 is_causal=t_new > 1)
-        else:    # a block of new positions after cached ones: query i (absolute t_all - t_new + i) sees keys <= it
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])             # (B, H, T_new, T_all)
-            future = torch.ones(t_new, t_all, dtype=torch.bool, device=x.device).triu(t_all - t_new + 1)
-            out = self.drop(att.masked_fill(future, float("-inf")).softmax(-1)) @ v
+        # the whole sequence is causal and one new position sees every key; a block of new positions after
+        # cached ones needs the offset mask: query i (absolute t_all - t_new + i) sees keys up to its own position
+        mask = (torch.ones(t_new, t_all, dtype=torch.bool, device=x.device).tril(t_all - t_new)
+                if 1 < t_new < t_all else None)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.drop.p if self.training else 0.0,
+                                             is_causal=1 < t_new == t_all)
         out = out.transpose(1, 2).reshape(x.shape)
         return self.drop(self.proj(out))
 
