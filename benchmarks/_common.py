@@ -7,6 +7,7 @@ import platform
 import re
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +34,17 @@ def command_line() -> str:
 def machine() -> str:
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
             f"torch {torch.__version__}, Python {platform.python_version()}")
+
+
+def repeat_seconds(fn, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of fn, after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def update_section(name: str, markdown: str) -> None:

@@ -12,7 +12,8 @@ same N, and writes the figures (reconstructions, samples of each prior, interpol
 docs/figures.
 
     flock /tmp/zspace-bench.lock python benchmarks/colour_tiles.py --stage vqvae --threads 1 --steps 2400
-    flock /tmp/zspace-bench.lock python benchmarks/colour_tiles.py --stage priors --threads 2 --prior-steps 2000 --subpixel-steps 600
+    flock /tmp/zspace-bench.lock python benchmarks/colour_tiles.py --stage priors --threads 2 --prior-steps 1500 --subpixel-steps 500
+    flock /tmp/zspace-bench.lock python benchmarks/colour_tiles.py --stage speed --threads 2
 """
 from __future__ import annotations
 
@@ -326,17 +327,17 @@ The interpolations, which use no prior, are smooth and keep faces throughout.
 def faces_markdown(f: dict) -> str:
     if "floors" not in f:
         return 'Its second half, "at equal or better FID", is not measured here.\n'
-    def row(name, sc, small=None, extra=""):
+    def row(name, sc, small=None):
         fid = f"{sc['fid']:.2f}" if "fid" in sc else "-"
         kid = f"{sc['kid']:.3g}" + (f" ± {sc['kid_std']:.2g}" if sc["kid_std"] > 1e-9 * abs(sc["kid"]) else "")
         sm = f"{small['kid']:.3g} ± {small['kid_std']:.2g}" if small else "-"
-        return f"| {name} | {sc['n']} | {fid} | {kid} | {sm} |{extra}"
+        return f"| {name} | {sc['n']} | {fid} | {kid} | {sm} |"
     n_small = f["priors"][next(iter(f["priors"]))]["faces_small"]["n"]
     rows = [row(k, v) for k, v in f["floors"].items()]
     rows += [row(f"{k} samples", r["faces"], r["faces_small"]) for k, r in f["priors"].items()]
     sub = f.get("subpixel")
     if sub:
-        rows.append(row("subpixel PixelCNN samples", {"n": sub["faces_small"]["n"], **sub["faces_small"]}, sub["faces_small"]))
+        rows.append(row("subpixel PixelCNN samples", sub["faces_small"], sub["faces_small"]))
     table = "\n".join(rows)
     out = f"""Sample quality on faces, against the 1,000 test faces. Extractor: **{f['extractor']}**, the shipped
 CIFAR-10 classifier (`python -m zspace.evaluation.features --data cifar10`). It was trained on objects: it tells

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import zspace
-from _common import ROOT, command_line, machine, update_section, use_shared_data
+from _common import ROOT, command_line, machine, repeat_seconds, update_section, use_shared_data
 
 MODELS = {   # name: (registered model, options as flags, options as keywords)
     "MLP VAE (784-512-256-32)": ("vae", [], {}),
@@ -144,13 +144,7 @@ def matmul_probe(threads: int) -> list:
     torch.set_num_threads(threads)
 
     def best(f, n=30):
-        f()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return min(repeat_seconds(f, n))
     rows = []
     for label, (m, k, n) in {"MLP VAE layer 1, batch 100 (100 x 784 x 512)": (100, 784, 512),
                              "MLP VAE layer 2 (100 x 512 x 256)": (100, 512, 256),

@@ -16,13 +16,12 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine, update_section  # noqa: E402
+from _common import command_line, machine, repeat_seconds, update_section  # noqa: E402
 
 from zspace.nn import sparse_rows as sr  # noqa: E402
 
@@ -35,13 +34,8 @@ ROWS = 4096
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out) * 1e3
+    """Median milliseconds of a call."""
+    return statistics.median(repeat_seconds(fn, repeats)) * 1e3
 
 
 def in_chunks(x: torch.Tensor, k: int):

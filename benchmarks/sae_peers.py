@@ -27,7 +27,7 @@ against L0 (docs/figures/sae-pareto-stories260k.png).
     python benchmarks/sae_peers.py --threads 1 --part peers --models stories260k
     python benchmarks/sae_peers.py --threads 1 --part pareto
     python benchmarks/sae_peers.py --threads 1 --part init-scale
-    python benchmarks/sae_peers.py --threads 2 --part aux --k 8 16
+    python benchmarks/sae_peers.py --threads 2 --part aux
 
 The init-scale part is how the default initial encoder scale (``SAEConfig.encoder_scale``: W_enc
 = s W_dec^T) was chosen: zspace's TopK at s in {0.25, 0.4, 0.577, 1} on every width/k cell of
@@ -36,8 +36,8 @@ over the other model's cells, and the table reports the left-out model's FVU at 
 sparsify's (from the peers part's cached results). It ran with the plain aux-k form.
 
 The aux part is how the aux-k form (``SAEConfig.aux_rescale``) was chosen: at 32x, Gao et al.'s
-plain loss, the rescaled one and none, per model and k; the form with the fewest cells at 1% dead
-or more on the other model (then the best mean FVU rank) is scored on the left-out model.
+plain loss, the rescaled one and none, per model and k; the form whose worst cell on the other
+model has the fewest dead features (then the best mean FVU rank) is scored on the left-out model.
 """
 from __future__ import annotations
 
@@ -506,7 +506,6 @@ def aux_markdown(rows: list[dict], loads: list[str]) -> str:
         ranks = [sorted(names, key=lambda u: by[(model, k, u)]["fvu"]).index(v) + 1 for k in ks[model]]
         return worst, float(np.mean(ranks))
 
-    r0 = rows[0]
     out = [f"Command: `{command_line()}`", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
            "zspace TopK at 32x d, its defaults (schedule-free signum, bf16 ranking, aux_k 256, aux_weight 1/32, "
            "dead after a 32nd of the training tokens) except the aux-k form, seed 0, the peers part's data, budgets "
@@ -539,7 +538,10 @@ def aux_markdown(rows: list[dict], loads: list[str]) -> str:
         others = [o for o in models if o != m]
         if not others:
             continue
-        sc = {v: (max(score(o, v)[0] for o in others), float(np.mean([score(o, v)[1] for o in others]))) for v in names}
+        sc = {}
+        for v in names:
+            worst_other, ranks = zip(*(score(o, v) for o in others))
+            sc[v] = (max(worst_other), float(np.mean(ranks)))
         chosen = min(names, key=lambda v: sc[v])
         worst = max(by[(m, k, chosen)]["dead_train"] for k in ks[m])
         have = [k for k in ks[m] if by[(m, k, chosen)]["sparsify_fvu"] is not None]
@@ -638,6 +640,17 @@ def pareto_markdown(points: list[dict], tokens: int, n: int, loads: list[str], r
     return "\n".join(out)
 
 
+def publish(args, loads: list[str], section: str, title: str, markdown) -> bool:
+    """Notes the load average, prints the part's markdown and, unless --no-write, writes it into
+    RESULTS.md under ``title``; True when it wrote."""
+    loads.append(f"{os.getloadavg()[0]:.1f}")
+    md = markdown()
+    print(md)
+    if not args.no_write:
+        update_section(section, f"## {title}\n\n{md}")
+    return not args.no_write
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -670,35 +683,22 @@ def main() -> None:
         results = []
         for name in args.models:
             results += peers_grid(name, prepare(name, work), work, args)
-        loads.append(f"{os.getloadavg()[0]:.1f}")
-        md = peers_markdown(results, args, loads)
-        print(md)
-        if not args.no_write:
-            update_section("sae-peers", "## SAEs against SAELens and sparsify (issue 16)\n\n" + md)
+        publish(args, loads, "sae-peers", "SAEs against SAELens and sparsify (issue 16)",
+                lambda: peers_markdown(results, args, loads))
     if args.part in ("all", "init-scale"):
         rows = init_scale_study(work, args)
-        loads.append(f"{os.getloadavg()[0]:.1f}")
-        md = init_scale_markdown(rows, loads)
-        print(md)
-        if not args.no_write:
-            update_section("sae-init-scale", "## SAE encoder initial scale, chosen leaving one model out (issue 16)\n\n" + md)
+        publish(args, loads, "sae-init-scale", "SAE encoder initial scale, chosen leaving one model out (issue 16)",
+                lambda: init_scale_markdown(rows, loads))
     if args.part in ("all", "aux"):
         rows = aux_study(work, args)
-        loads.append(f"{os.getloadavg()[0]:.1f}")
-        md = aux_markdown(rows, loads)
-        print(md)
-        if not args.no_write:
-            update_section("sae-aux", "## SAE aux-k under sign descent, chosen leaving one model out (issue 16)\n\n" + md)
+        publish(args, loads, "sae-aux", "SAE aux-k under sign descent, chosen leaving one model out (issue 16)",
+                lambda: aux_markdown(rows, loads))
     if args.part in ("all", "pareto"):
         pack = prepare("stories260k", work)
         points, tokens, n = pareto(pack, work, args)
-        loads.append(f"{os.getloadavg()[0]:.1f}")
-        md = pareto_markdown(points, tokens, n, loads, any(p.get("reused") for p in points))
-        print(md)
-        if not args.no_write:
+        if publish(args, loads, "sae-pareto", "SAE FVU-L0 Pareto curves, zspace (issue 16)",
+                   lambda: pareto_markdown(points, tokens, n, loads, any(p.get("reused") for p in points))):
             draw_pareto(points, tokens, n, ShardStore(pack / "test").example_shape[0])
-            update_section("sae-pareto", "## SAE FVU-L0 Pareto curves, zspace (issue 16)\n\n" + md)
-
 
 if __name__ == "__main__":
     main()
