@@ -28,6 +28,7 @@ against L0 (docs/figures/sae-pareto-stories260k.png).
     python benchmarks/sae_peers.py --threads 1 --part pareto
     python benchmarks/sae_peers.py --threads 1 --part init-scale
     python benchmarks/sae_peers.py --threads 2 --part aux
+    python benchmarks/sae_peers.py --threads 2 --part data-init --reuse --minilm-expansions 8 32
 
 The init-scale part is how the default initial encoder scale (``SAEConfig.encoder_scale``: W_enc
 = s W_dec^T) was chosen: zspace's TopK at s in {0.25, 0.4, 0.577, 1} on every width/k cell of
@@ -38,6 +39,11 @@ sparsify's (from the peers part's cached results). It ran with the plain aux-k f
 The aux part is how the aux-k form (``SAEConfig.aux_rescale``) was chosen: at 32x, Gao et al.'s
 plain loss, the rescaled one and none, per model and k; the form whose worst cell on the other
 model has the fewest dead features (then the best mean FVU rank) is scored on the left-out model.
+
+The data-init part is how the initial dictionary (``SAEConfig.data_init``) was chosen: decoder rows
+from random directions (q = 0), from centred training examples (q = 1) or an even mix, on every
+width/k cell of both models; the q meeting the most of the issue's targets on the other model
+(FVU <= sparsify, < 1% dead at 32x) is scored on the left-out model.
 """
 from __future__ import annotations
 
@@ -152,8 +158,10 @@ def train_zspace(pack: Path, out: Path, *, kind: str, width: int, k: int, steps:
     with mock.patch.object(sae_train, "train", partial(sae_train.train, callbacks=[timer])):
         run = sae_train.train_sae(pack, out, kind=kind, width=width, k=k, config=config, progress=False,
                                   overwrite=True, **options)
+    c = run.model.config
     return run.model, {"library": "zspace", "lr": lr, "precision": precision, "steps": steps, "tokens": steps * BATCH,
-                       "tokens_per_s": timer.tokens_per_s(), "threads": threads}
+                       "tokens_per_s": timer.tokens_per_s(), "threads": threads, "data_init": c.data_init_share,
+                       "aux_rescale": c.aux_rescale, "aux_k": c.aux_k}
 
 
 # --------------------------------------------------------------------------------- peer side
@@ -380,36 +388,56 @@ def peers_markdown(results: list[dict], args, loads: list[str]) -> str:
 INIT_SCALES = (0.25, 0.4, 0.577, 1.0)
 
 
-def init_scale_study(work: Path, args) -> list[dict]:
+def option_sweep(work: Path, args, part: str, option: str, values, key: str, tag: str, pinned: dict | None = None,
+                 earlier=None) -> list[dict]:
+    """zspace's TopK at each of ``values`` of one SAEConfig ``option`` (the rest its defaults, or ``pinned``)
+    on every width/k cell of the models: held-out FVU, and at 32x the share of features silent over the first
+    min(1M, budget) training tokens. Rows carry the value under ``key`` and are cached per cell and value
+    (file names end in ``tag`` and the value);
+    ``earlier(name, width, k, steps, value)`` may offer a row already measured elsewhere (with --reuse)."""
     rows = []
     for name in args.models:
         pack = prepare(name, work)
-        budget = args.budget.get(name, MODELS[name][3])
-        steps = budget // BATCH
+        steps = args.budget.get(name, MODELS[name][3]) // BATCH
         d = ShardStore(pack / "test").example_shape[0]
-        cache = work / "results" / "init-scale" / name
+        cache = work / "results" / part / name
         cache.mkdir(parents=True, exist_ok=True)
         for expansion in args.minilm_expansions if name == "minilm" else args.expansions:
             for k in args.k:
                 width = expansion * d
                 peer = work / "results" / name / f"sparsify-w{width}-k{k}-s{steps}.json"
-                sparsify = json.loads(peer.read_text())["fvu"] if peer.is_file() else None
-                for scale in INIT_SCALES:
-                    done = cache / f"w{width}-k{k}-s{steps}-e{scale}.json"
+                sparsify = json.loads(peer.read_text()) if peer.is_file() else None
+                for value in values:
+                    done = cache / f"w{width}-k{k}-s{steps}-{tag}{value}.json"
                     if args.reuse and done.is_file():
                         rows.append(json.loads(done.read_text()))
                         continue
-                    sae, info = train_zspace(pack, work / "runs" / "init-scale" / name, kind="topk", width=width,
-                                             k=k, steps=steps, threads=args.threads, encoder_scale=scale)
+                    base = {"model": name, "width": width, "expansion": expansion, "k": k, key: value, "steps": steps,
+                            "tokens": steps * BATCH, "sparsify_fvu": sparsify and sparsify["fvu"],
+                            "sparsify_dead": sparsify and sparsify.get("dead_train")}
+                    found = earlier(name, width, k, steps, value) if args.reuse and earlier else None
+                    if found:
+                        rows.append({**base, **found})
+                        continue
+                    sae, info = train_zspace(pack, work / "runs" / part / name, kind="topk", width=width, k=k,
+                                             steps=steps, threads=args.threads, **{**(pinned or {}), option: value})
                     fvu, l0, fires, n = sae_train.feature_statistics(sae, ShardStore(pack / "test"))
-                    r = {"model": name, "width": width, "expansion": expansion, "k": k, "scale": scale,
-                         "steps": steps, "tokens": steps * BATCH, "fvu": float(fvu), "held_out_tokens": n,
-                         "dead_held_out": float((fires == 0).double().mean()), "sparsify_fvu": sparsify}
+                    dead = (dead_over_training_tokens(sae, pack, min(DEAD_TOKENS, steps * BATCH))[0]
+                            if expansion == 32 else None)
+                    r = {**base, "fvu": float(fvu), "held_out_tokens": n, "dead_train": dead,
+                         "dead_held_out": float((fires == 0).double().mean())}
                     done.write_text(json.dumps(r, indent=1))
                     rows.append(r)
-                    print(f"init-scale {name} w={width} k={k} s={scale}: FVU {fvu:.4f}"
-                          + (f" (sparsify {sparsify:.4f})" if sparsify else ""), flush=True)
+                    print(f"{part} {name} w={width} k={k} {key}={value}: FVU {fvu:.4f}"
+                          + (f", dead {dead:.4f}" if dead is not None else "")
+                          + (f" (sparsify {sparsify['fvu']:.4f})" if sparsify else ""), flush=True)
     return rows
+
+
+def init_scale_study(work: Path, args) -> list[dict]:
+    """The encoder's initial scale; the study ran with the plain aux-k and the random dictionary, pinned here."""
+    return option_sweep(work, args, "init-scale", "encoder_scale", INIT_SCALES, "scale", "e",
+                        pinned={"aux_rescale": False, "data_init": 0.0})
 
 
 def init_scale_markdown(rows: list[dict], loads: list[str]) -> str:
@@ -458,9 +486,23 @@ def init_scale_markdown(rows: list[dict], loads: list[str]) -> str:
 AUX_VARIANTS = {"plain": {"aux_rescale": False},    # Gao et al.'s ||e_hat - e||^2 (zspace's default until 2026-12-07)
                 "rescaled": {"aux_rescale": True},   # e_hat scaled down to its least-squares fit where it overshoots
                 "off": {"aux_k": 0}}
+AUX_PINNED = {"data_init": 0.0}     # the aux-form study ran on the random dictionary, the default then
+# the number of aux latents, on the data-initialised dictionary (the default since): Gao et al.'s runs use 512 for
+# d_model 768 and up, sparsify d / 2; zspace's 256 was never chosen
+AUX_SIZES = {"aux_k 256": {"aux_k": 256}, "aux_k 64": {"aux_k": 64}}
+AUX_INTRO = {
+    "aux": "zspace TopK at 32x d, its defaults (schedule-free signum, bf16 ranking, aux_k 256, aux_weight 1/32, "
+           "dead after a 32nd of the training tokens) except the aux-k form, with the random dictionary of the time "
+           "(data_init 0), seed 0, the peers part's data, budgets and batch order. plain: Gao et al.'s ||e_hat - e||^2 "
+           "over the residual's variance; rescaled: e_hat times min(1, <e_hat, e>/||e_hat||^2) per row (constant in "
+           "the gradient), `aux_rescale`; off: aux_k 0.",
+    "aux-size": "zspace TopK at 32x d, its defaults (schedule-free signum, bf16 ranking, rescaled aux-k, aux_weight "
+                "1/32, dead after a 32nd of the training tokens, the dictionary half from data) except the number of "
+                "aux latents per row, seed 0, the peers part's data, budgets and batch order.",
+}
 
 
-def aux_study(work: Path, args) -> list[dict]:
+def aux_study(work: Path, args, variants: dict = AUX_VARIANTS, part: str = "aux", pinned: dict = AUX_PINNED) -> list[dict]:
     """zspace's TopK at 32x with each aux-k form: held-out FVU and the dead fraction over the
     first min(1M, budget) training tokens (the issue's window), per model and k."""
     rows = []
@@ -468,19 +510,26 @@ def aux_study(work: Path, args) -> list[dict]:
         pack = prepare(name, work)
         steps = args.budget.get(name, MODELS[name][3]) // BATCH
         d = ShardStore(pack / "test").example_shape[0]
-        cache = work / "results" / "aux" / name
+        cache = work / "results" / part / name
         cache.mkdir(parents=True, exist_ok=True)
         for k in args.k:
             width = 32 * d
             peer = work / "results" / name / f"sparsify-w{width}-k{k}-s{steps}.json"
             sparsify = json.loads(peer.read_text()) if peer.is_file() else None
-            for variant, options in AUX_VARIANTS.items():
+            for variant, options in variants.items():
                 done = cache / f"w{width}-k{k}-s{steps}-{variant}.json"
                 if args.reuse and done.is_file():
                     rows.append(json.loads(done.read_text()))
                     continue
-                sae, info = train_zspace(pack, work / "runs" / "aux" / name, kind="topk", width=width, k=k,
-                                         steps=steps, threads=args.threads, **options)
+                q = SAEConfig(kind="topk").data_init_share
+                same = work / "results" / "data-init" / name / f"w{width}-k{k}-s{steps}-q{q}.json"
+                if args.reuse and part == "aux-size" and options == {"aux_k": SAEConfig.aux_k} and same.is_file():
+                    r = json.loads(same.read_text())      # the data-init part's run at the default q: the same SAE
+                    rows.append({**r, "variant": variant, "dead_window": min(DEAD_TOKENS, steps * BATCH),
+                                 "from": f"{variant}: the data-init part's q = {q} runs"})
+                    continue
+                sae, info = train_zspace(pack, work / "runs" / part / name, kind="topk", width=width, k=k,
+                                         steps=steps, threads=args.threads, **{**pinned, **options})
                 fvu, l0, fires, n = sae_train.feature_statistics(sae, ShardStore(pack / "test"))
                 dead, window = dead_over_training_tokens(sae, pack, min(DEAD_TOKENS, steps * BATCH))
                 r = {"model": name, "width": width, "k": k, "variant": variant, "steps": steps,
@@ -494,11 +543,11 @@ def aux_study(work: Path, args) -> list[dict]:
     return rows
 
 
-def aux_markdown(rows: list[dict], loads: list[str]) -> str:
+def aux_markdown(rows: list[dict], loads: list[str], variants: dict = AUX_VARIANTS, part: str = "aux") -> str:
     models = sorted({r["model"] for r in rows}, key=list(MODELS).index)
     by = {(r["model"], r["k"], r["variant"]): r for r in rows}
     ks = {m: sorted({r["k"] for r in rows if r["model"] == m}) for m in models}
-    names = list(AUX_VARIANTS)
+    names = list(variants)
 
     def score(model: str, v: str) -> tuple[float, float]:
         """(the worst cell's dead fraction, mean FVU rank among the variants)"""
@@ -507,11 +556,7 @@ def aux_markdown(rows: list[dict], loads: list[str]) -> str:
         return worst, float(np.mean(ranks))
 
     out = [f"Command: `{command_line()}`", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
-           "zspace TopK at 32x d, its defaults (schedule-free signum, bf16 ranking, aux_k 256, aux_weight 1/32, "
-           "dead after a 32nd of the training tokens) except the aux-k form, seed 0, the peers part's data, budgets "
-           "and batch order. plain: Gao et al.'s ||e_hat - e||^2 over the residual's variance; rescaled: e_hat "
-           "times min(1, <e_hat, e>/||e_hat||^2) per row (constant in the gradient), `aux_rescale`; off: aux_k 0. "
-           "FVU on the held-out rows; dead: no activation over the first min(1M, budget) training tokens. "
+           AUX_INTRO[part] + " FVU on the held-out rows; dead: no activation over the first min(1M, budget) training tokens. "
            "sparsify: its cached peers-part result (its aux-k waits 10M tokens, so it never acts here).", "",
            "| model | width | k | tokens | " + " | ".join(f"{v}: FVU / dead" for v in names) + " | sparsify: FVU / dead |",
            "|---|---|---|---|" + "---|" * (len(names) + 1)]
@@ -525,13 +570,14 @@ def aux_markdown(rows: list[dict], loads: list[str]) -> str:
                        + f" | {sp} |")
     reused = sorted({r["from"] for r in rows if r.get("from")})
     if reused:
-        out += ["", "Rows not trained by this command: " + "; ".join(reused) + " (same data, budget, order, seed and code "
-                "but for the aux-k form)."]
-    out += ["", "Leave one model out: the form whose worst cell on the other model has the fewest dead features "
-            "(ties broken by its mean FVU rank there), scored on the left-out model. (A first rule, the fewest cells "
-            "at 1% dead or more, tied on MiniLM, where plain and rescaled both have two such cells, one of them "
-            "plain's 56%, and its FVU tie-break then chose plain for stories260K; the worst cell is what a user "
-            "meets.)", "",
+        out += ["", "Rows not trained by this command: " + "; ".join(reused) + (
+            " (same data, budget, order, seed and code but for the aux-k form)." if part == "aux" else
+            " (the same settings, data, order and seed).")]
+    first = (" (A first rule, the fewest cells at 1% dead or more, tied on MiniLM, where plain and rescaled both have "
+             "two such cells, one of them plain's 56%, and its FVU tie-break then chose plain for stories260K; the "
+             "worst cell is what a user meets.)") if part == "aux" else ""
+    out += ["", "Leave one model out: the variant whose worst cell on the other model has the fewest dead features "
+            "(ties broken by its mean FVU rank there), scored on the left-out model." + first, "",
             "| left out | on the other: worst dead, mean FVU rank | chosen | left-out: worst dead | "
             "left-out: FVU <= sparsify |", "|---|---|---|---|---|"]
     for m in models:
@@ -548,6 +594,85 @@ def aux_markdown(rows: list[dict], loads: list[str]) -> str:
         won = [k for k in have if by[(m, k, chosen)]["fvu"] <= by[(m, k, chosen)]["sparsify_fvu"]]
         out.append(f"| {m} | " + ", ".join(f"{v}: {sc[v][0]:.2%}, {sc[v][1]:.2f}" for v in names)
                    + f" | {chosen} | {worst:.2%} | {len(won)} of {len(have)} |")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------- the dictionary from data
+DATA_INIT = (0.0, 0.5, 1.0)
+
+
+def data_init_study(work: Path, args) -> list[dict]:
+    """The initial dictionary q (``SAEConfig.data_init``). q = 0, the random dictionary and the default
+    until 2026-12-07, is read from the peers part's zspace results of that time when they exist."""
+    def earlier(name, width, k, steps, q):
+        e = work / "results" / name / f"zspace-w{width}-k{k}-s{steps}.json"
+        if q != 0 or not e.is_file():
+            return None
+        e = json.loads(e.read_text())
+        if e.get("data_init", 0.0) != 0.0:           # results from before the field were random
+            return None
+        return {"fvu": e["fvu"], "dead_train": e.get("dead_train"),
+                "from": "q = 0: the peers part's zspace results (random dictionary)"}
+    return option_sweep(work, args, "data-init", "data_init", DATA_INIT, "q", "q", earlier=earlier)
+
+
+def data_init_markdown(rows: list[dict], loads: list[str]) -> str:
+    models = sorted({r["model"] for r in rows}, key=list(MODELS).index)
+    cells = {m: sorted({(r["width"], r["k"]) for r in rows if r["model"] == m}) for m in models}
+    by = {(r["model"], r["width"], r["k"], r["q"]): r for r in rows}
+
+    def targets(model: str, q: float) -> tuple[int, int]:
+        """(issue targets met, targets with a peer to meet): FVU <= sparsify per cell; dead < 1% per 32x cell."""
+        met = have = 0
+        for w, k in cells[model]:
+            r = by[(model, w, k, q)]
+            if r["sparsify_fvu"] is not None:
+                have, met = have + 1, met + (r["fvu"] <= r["sparsify_fvu"])
+            if r.get("dead_train") is not None:
+                have, met = have + 1, met + (r["dead_train"] < 0.01)
+        return met, have
+
+    def mean_rank(model: str, q: float) -> float:
+        return float(np.mean([sorted(DATA_INIT, key=lambda u: by[(model, w, k, u)]["fvu"]).index(q) + 1
+                              for w, k in cells[model]]))
+
+    def cell(r: dict) -> str:
+        return f"{r['fvu']:.4f}" + (f" / {r['dead_train']:.2%}" if r.get("dead_train") is not None else "")
+
+    out = [f"Command: `{command_line()}`", f"Machine: {machine()}; load average: {', '.join(loads)}", "",
+           "zspace TopK, its defaults (aux-k rescaled, encoder 0.4 x the decoder's transpose) except the initial "
+           "dictionary: each decoder row the unit mix (1 - q) r + q u of a random direction r and the direction u of "
+           "a training example less b_dec (`SAEConfig.data_init`), seed 0, the peers part's data, budgets and batch "
+           "order. FVU on the held-out rows; at 32x also the share of features silent over the first min(1M, budget) "
+           "training tokens. sparsify: its cached peers-part result.", "",
+           "| model | width | k | tokens | " + " | ".join(f"q = {q}: FVU / dead" for q in DATA_INIT)
+           + " | sparsify: FVU / dead |", "|---|---|---|---|" + "---|" * (len(DATA_INIT) + 1)]
+    for m in models:
+        for w, k in cells[m]:
+            a = by[(m, w, k, DATA_INIT[0])]
+            sp = "" if a["sparsify_fvu"] is None else (f"{a['sparsify_fvu']:.4f}" + (
+                f" / {a['sparsify_dead']:.2%}" if a.get("sparsify_dead") is not None else ""))
+            out.append(f"| {m} | {w} | {k} | {a['tokens']:,} | "
+                       + " | ".join(cell(by[(m, w, k, q)]) for q in DATA_INIT) + f" | {sp} |")
+    reused = sorted({r["from"] for r in rows if r.get("from")})
+    if reused:
+        out += ["", "Rows not trained by this command: " + "; ".join(reused) + " (same data, budget, order, seed "
+                "and code but for the dictionary's start)."]
+    out += ["", "Leave one model out: the q that meets the most of the issue's targets on the other model (FVU <= "
+            "sparsify's in each cell, fewer than 1% dead in each 32x cell; ties broken by the mean FVU rank there), "
+            "scored on the left-out model.", "",
+            "| left out | on the other: targets met, mean FVU rank | chosen q | left-out: targets met |",
+            "|---|---|---|---|"]
+    for m in models:
+        others = [o for o in models if o != m]
+        if not others:
+            continue
+        sc = {q: (-sum(targets(o, q)[0] for o in others), float(np.mean([mean_rank(o, q) for o in others])))
+              for q in DATA_INIT}
+        chosen = min(DATA_INIT, key=lambda q: sc[q])
+        met, have = targets(m, chosen)
+        out.append(f"| {m} | " + ", ".join(f"{q}: {-sc[q][0]}, {sc[q][1]:.2f}" for q in DATA_INIT)
+                   + f" | {chosen} | {met} of {have} |")
     return "\n".join(out)
 
 
@@ -654,7 +779,7 @@ def publish(args, loads: list[str], section: str, title: str, markdown) -> bool:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--part", choices=("all", "peers", "pareto", "init-scale", "aux"), default="all")
+    p.add_argument("--part", choices=("all", "peers", "pareto", "init-scale", "aux", "data-init", "aux-size"), default="all")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     p.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     p.add_argument("--expansions", nargs="+", type=int, default=[8, 32])
@@ -693,6 +818,14 @@ def main() -> None:
         rows = aux_study(work, args)
         publish(args, loads, "sae-aux", "SAE aux-k under sign descent, chosen leaving one model out (issue 16)",
                 lambda: aux_markdown(rows, loads))
+    if args.part in ("all", "aux-size"):
+        rows = aux_study(work, args, AUX_SIZES, "aux-size", {})
+        publish(args, loads, "sae-aux-size", "SAE aux-k size, chosen leaving one model out (issue 16)",
+                lambda: aux_markdown(rows, loads, AUX_SIZES, "aux-size"))
+    if args.part in ("all", "data-init"):
+        rows = data_init_study(work, args)
+        publish(args, loads, "sae-data-init", "SAE dictionary initialised from data, chosen leaving one model out (issue 16)",
+                lambda: data_init_markdown(rows, loads))
     if args.part in ("all", "pareto"):
         pack = prepare("stories260k", work)
         points, tokens, n = pareto(pack, work, args)

@@ -143,6 +143,31 @@ def test_encoder_starts_as_the_scaled_decoder_transpose():
         SAEConfig(encoder_scale=0.0)
 
 
+def test_dictionary_initialised_partly_from_examples():
+    x, _ = sparse_data(256)
+    whole = sae(kind="topk", data_init=1.0)
+    whole.init_from_data(x)
+    centred = torch.nn.functional.normalize(x * whole.scale - whole.b_dec, dim=1)
+    cos = whole.W_dec.detach() @ centred.t()                       # (width, examples)
+    assert torch.allclose(cos.max(1).values, torch.ones(64), atol=1e-5)   # each row is an example's direction
+    assert len(set(cos.argmax(1).tolist())) == 64                  # 64 different examples of the 256
+    assert torch.allclose(whole.W_enc, whole.W_dec.t() * 0.4)
+    half = sae(kind="topk")                                        # the TopK default: an even mix
+    random_dirs = half.W_dec.detach().clone()
+    half.init_from_data(x)
+    w = half.W_dec.detach()
+    assert torch.allclose(w.norm(dim=1), torch.ones(64), atol=1e-5)
+    between = (w * random_dirs).sum(1)
+    assert (between > 0.3).all() and (between < 0.99).all()         # moved toward an example, not onto it
+    for kind in ("relu", "jumprelu"):                             # random, as their penalties were set with
+        m = sae(kind=kind)
+        before = m.W_dec.detach().clone()
+        m.init_from_data(x)
+        assert torch.equal(m.W_dec.detach(), before)
+    with pytest.raises(ConfigError, match="data_init"):
+        SAEConfig(data_init=1.5)
+
+
 def test_fvu_and_l0_known_answers():
     x, _ = sparse_data(500)
     m = sae(kind="relu")
