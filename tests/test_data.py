@@ -140,6 +140,9 @@ def test_digits_is_embedded(digits):
 @pytest.mark.parametrize("x, message", [
     (np.array([[0.1, np.nan]]), "NaN or infinite"),
     (np.array([[0.1, np.inf]]), "NaN or infinite"),
+    (np.array([[np.inf, -np.inf]], np.float32), "2 NaN or infinite"),     # their sum is NaN, not a cancellation
+    (np.array([[0.5, np.inf], [np.nan, 1]], np.float16), "2 NaN or infinite"),
+    (np.array([[1e300, 0.0]]), "beyond float32's range"),
     (np.zeros((0, 4)), "empty"),
     (np.zeros(4), "at least 2 dimensions"),
     (np.array([["a", "b"]]), "not numeric"),
@@ -149,6 +152,11 @@ def test_digits_is_embedded(digits):
 def test_bad_arrays_are_rejected(x, message):
     with pytest.raises(DataError, match=message):
         ArrayData.from_arrays(x)
+
+
+def test_large_finite_float32_values_are_accepted():
+    x = np.full((4, 3), np.finfo(np.float32).max, np.float32)     # a float32 sum would overflow; float64's cannot
+    assert np.array_equal(ArrayData.from_arrays(x).x, x)
 
 
 def test_labels_must_match():

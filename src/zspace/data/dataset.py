@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..errors import DataError
 
@@ -151,6 +152,13 @@ def checked_values(x: np.ndarray, name: str, rows: np.ndarray | None = None) -> 
         return f" (first at row {int(rows[int(np.argmax(mask.reshape(len(x), -1).any(1)))])})"
 
     if x.dtype.kind == "f":
+        if x.dtype.itemsize <= 4:
+            if x.dtype == np.float16 and x.flags.writeable and x.flags.c_contiguous:
+                x = torch.from_numpy(x).float().numpy()   # numpy widens half floats one by one: 14x slower
+            with np.errstate(invalid="ignore"):            # inf - inf: NaN, which is the answer wanted
+                total = x.sum(dtype=np.float64)             # exact: a float64 sum of float32s cannot overflow
+            if np.isfinite(total):
+                return x.astype(np.float32, copy=False)
         bad = ~np.isfinite(x)
         if bad.any():
             raise DataError(f"{name}: {int(bad.sum())} NaN or infinite values{first_bad(bad)}")
