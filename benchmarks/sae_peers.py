@@ -502,9 +502,11 @@ AUX_INTRO = {
 }
 
 
-def aux_study(work: Path, args, variants: dict = AUX_VARIANTS, part: str = "aux", pinned: dict = AUX_PINNED) -> list[dict]:
-    """zspace's TopK at 32x with each aux-k form: held-out FVU and the dead fraction over the
-    first min(1M, budget) training tokens (the issue's window), per model and k."""
+def aux_study(work: Path, args, variants: dict = AUX_VARIANTS, part: str = "aux", pinned: dict = AUX_PINNED,
+              earlier=None) -> list[dict]:
+    """zspace's TopK at 32x with each aux-k variant: held-out FVU and the dead fraction over the
+    first min(1M, budget) training tokens (the issue's window), per model and k. As in ``option_sweep``,
+    ``earlier(name, width, k, steps, variant)`` may offer a row already measured elsewhere (with --reuse)."""
     rows = []
     for name in args.models:
         pack = prepare(name, work)
@@ -521,12 +523,9 @@ def aux_study(work: Path, args, variants: dict = AUX_VARIANTS, part: str = "aux"
                 if args.reuse and done.is_file():
                     rows.append(json.loads(done.read_text()))
                     continue
-                q = SAEConfig(kind="topk").data_init_share
-                same = work / "results" / "data-init" / name / f"w{width}-k{k}-s{steps}-q{q}.json"
-                if args.reuse and part == "aux-size" and options == {"aux_k": SAEConfig.aux_k} and same.is_file():
-                    r = json.loads(same.read_text())      # the data-init part's run at the default q: the same SAE
-                    rows.append({**r, "variant": variant, "dead_window": min(DEAD_TOKENS, steps * BATCH),
-                                 "from": f"{variant}: the data-init part's q = {q} runs"})
+                found = earlier(name, width, k, steps, variant) if args.reuse and earlier else None
+                if found:
+                    rows.append({**found, "variant": variant, "dead_window": min(DEAD_TOKENS, steps * BATCH)})
                     continue
                 sae, info = train_zspace(pack, work / "runs" / part / name, kind="topk", width=width, k=k,
                                          steps=steps, threads=args.threads, **{**pinned, **options})
@@ -541,6 +540,15 @@ def aux_study(work: Path, args, variants: dict = AUX_VARIANTS, part: str = "aux"
                 print(f"aux {name} w={width} k={k} {variant}: FVU {fvu:.4f}, dead {dead:.4f} over {window:,} tokens",
                       flush=True)
     return rows
+
+
+def data_init_row(work: Path, name: str, width: int, k: int, steps: int, variant: str) -> dict | None:
+    """The data-init part's run at the default q, for the aux-size variant that is the default (the same SAE)."""
+    q = SAEConfig(kind="topk").data_init_share
+    same = work / "results" / "data-init" / name / f"w{width}-k{k}-s{steps}-q{q}.json"
+    if AUX_SIZES[variant] != {"aux_k": SAEConfig.aux_k} or not same.is_file():
+        return None
+    return {**json.loads(same.read_text()), "from": f"{variant}: the data-init part's q = {q} runs"}
 
 
 def aux_markdown(rows: list[dict], loads: list[str], variants: dict = AUX_VARIANTS, part: str = "aux") -> str:
@@ -819,7 +827,7 @@ def main() -> None:
         publish(args, loads, "sae-aux", "SAE aux-k under sign descent, chosen leaving one model out (issue 16)",
                 lambda: aux_markdown(rows, loads))
     if args.part in ("all", "aux-size"):
-        rows = aux_study(work, args, AUX_SIZES, "aux-size", {})
+        rows = aux_study(work, args, AUX_SIZES, "aux-size", {}, earlier=partial(data_init_row, work))
         publish(args, loads, "sae-aux-size", "SAE aux-k size, chosen leaving one model out (issue 16)",
                 lambda: aux_markdown(rows, loads, AUX_SIZES, "aux-size"))
     if args.part in ("all", "data-init"):
