@@ -64,3 +64,14 @@ def test_scorecard_cli_says_when_no_extractor_fits(runs, tmp_path, capsys):
 
     assert main(["scorecard", str(runs[0].path), "-n", "20", "--out", str(tmp_path)]) == 2
     assert "no shipped extractor for 'digits'" in capsys.readouterr().err
+
+
+def test_scorecard_likelihood_row_takes_its_samples_and_examples(runs, tmp_path, capsys):
+    from zspace.cli import main
+
+    ext = load_extractor(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh()), name="random-16")
+    card = scorecard([runs[0]], n=40, extractor=ext, nll_samples=3, nll_limit=30)
+    cell = list(card.columns.values())[1]["efficient likelihood"]
+    assert "IS bound, k = 3" in cell
+    assert main(["scorecard", str(runs[0].path), "--nll-samples", "0", "--out", str(tmp_path)]) == 2
+    assert "--nll-samples must be >= 1, got 0" in capsys.readouterr().err

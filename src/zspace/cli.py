@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"10000 for the literature's N)")
     sc.add_argument("--extractor", help="shipped feature extractor (mnist, fashion-mnist, cifar10; default: the runs' data)")
     sc.add_argument("--seed", type=int, default=0, help="seed of samples and subsets (default 0)")
+    sc.add_argument("--nll-samples", type=int, default=100,
+                    help="importance samples per test example for models without an exact likelihood (default 100)")
+    sc.add_argument("--nll-limit", type=int, default=1000, help="test examples in the likelihood row (default 1000)")
     sc.add_argument("--out", type=Path, required=True, help="folder for scorecard.md and scorecard.html")
     _add_compute_flags(sc)
 
@@ -891,7 +894,11 @@ def cmd_scorecard(a) -> None:
 
     if a.n < 2:
         raise ConfigError(f"-n must be >= 2, got {a.n}")
-    card = scorecard(a.runs, n=a.n, seed=a.seed, extractor=a.extractor, device=a.device)
+    for flag, value in (("--nll-samples", a.nll_samples), ("--nll-limit", a.nll_limit)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    card = scorecard(a.runs, n=a.n, seed=a.seed, extractor=a.extractor, device=a.device,
+                     nll_samples=a.nll_samples, nll_limit=a.nll_limit)
     write_text_atomic(a.out / "scorecard.md", card.markdown())
     write_text_atomic(a.out / "scorecard.html", card.html())
     print(card.markdown())

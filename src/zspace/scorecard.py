@@ -184,9 +184,12 @@ def _why_not(run, criterion: str) -> str:
     return "no latent space"
 
 
-def scorecard(runs, n: int = SCORECARD_N, seed: int = 0, extractor=None, device: str = "cpu") -> Scorecard:
+def scorecard(runs, n: int = SCORECARD_N, seed: int = 0, extractor=None, device: str = "cpu",
+              nll_samples: int = 100, nll_limit: int = 1000) -> Scorecard:
     """Evaluates each run (opened or a folder) and the real test data on one data set; run folders
-    are loaded onto ``device`` (cpu, cuda, cuda:N), and the feature extractor runs there too."""
+    are loaded onto ``device`` (cpu, cuda, cuda:N), and the feature extractor runs there too. The
+    likelihood row: exact where the model has one, else importance-sampled with ``nll_samples``, on
+    the first ``nll_limit`` test examples."""
     from .core.compute import resolve_device
     from .training import Run, load_run
 
@@ -222,6 +225,6 @@ def scorecard(runs, n: int = SCORECARD_N, seed: int = 0, extractor=None, device:
             label = r.model.describe() + (f" [{Path(r.path).name}]" if r.path is not None else "")
             bar.write(f"scorecard: {label}: sampling {n}, quality, latent space, likelihood")
             card.add(label, data, n, card.extractor,
-                     evaluate_run(r, ext, real_train, n, seed))
+                     evaluate_run(r, ext, real_train, n, seed, nll_samples, nll_limit))
             bar.update(1)
     return card
