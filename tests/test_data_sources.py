@@ -225,7 +225,7 @@ def test_folder_and_zip_give_identical_batches(tmp_path):
     folder = ImageFolder(tmp_path / "pics")
     zipped = ImageFolder(_zip_folder(tmp_path / "pics", tmp_path / "p.zip"), prefix="pics")
     assert folder.classes == zipped.classes == ("cat", "dog")
-    assert np.array_equal(folder.y, zipped.y) and folder.y.tolist() == [0] * 12 + [1] * 12
+    assert np.array_equal(folder.y, zipped.y) and folder.y.tolist() == [0, 1] * 12   # interleaved
     for loader_a, loader_b in [(BatchLoader(folder, 7, Preprocessing("dynamic-binarize"), seed=2),
                                 BatchLoader(zipped, 7, Preprocessing("dynamic-binarize"), seed=2))]:
         for a, b in zip(loader_a.epoch(1), loader_b.epoch(1)):
@@ -235,6 +235,22 @@ def test_folder_and_zip_give_identical_batches(tmp_path):
     assert np.array_equal(folder.read([first])[0], decoded.transpose(2, 0, 1))
     resized = ImageFolder(tmp_path / "pics", image_size=8, channels=1)
     assert resized.example_shape == (1, 8, 8)
+
+
+def test_class_folders_are_listed_so_that_every_prefix_holds_every_class(tmp_path):
+    for i in range(12):                                   # 3 of class a, 9 of class b, folders in name order
+        d = tmp_path / "pics" / ("a" if i < 3 else "b")
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(d / f"{i:03d}.png")
+    data = ImageFolder(tmp_path / "pics")
+    y = data.y.tolist()
+    assert sorted(y) == [0] * 3 + [1] * 9 and y[:4].count(0) == 1 and y[:8].count(0) == 2
+    for m in range(1, 13):                                # each prefix within one image of proportional
+        assert abs(y[:m].count(0) - m * 3 / 12) <= 1
+    for c in "ab":                                        # a class's files keep their name order
+        mine = [f for f in data.files if f.startswith(c + "/")]
+        assert mine == sorted(mine)
+    assert data.read([0])[0, 0, 0, 0] == int(data.files[0][2:5])    # pixels follow the file list
 
 
 def test_workers_give_the_same_batches_in_the_same_order(image_folder):

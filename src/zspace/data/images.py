@@ -1,7 +1,9 @@
 """Images decoded on the fly from a folder or a zip archive of one.
 
 The class of an image is the name of its parent folder (``cat/0001.jpg``); a tree whose
-top holds ``train/`` and ``test/`` gives the two splits. Every format Pillow reads is
+top holds ``train/`` and ``test/`` gives the two splits. With classes, the images are listed
+interleaved, each class spread evenly over the list, so that the first N (an evaluation's
+``limit``) hold every class in proportion. Every format Pillow reads is
 accepted. Each read opens only the files of the batch, converts them to grey or RGB,
 centre-crops (``crop``: a square of that many pixels, else the largest central square
 when resizing) and resizes to ``image_size`` (antialiased bilinear), and returns uint8
@@ -152,6 +154,7 @@ class ImageFolder(Dataset):
             if missing:
                 raise DataError(f"{where}: class folder(s) {', '.join(missing[:3])} not among {list(names)}")
             self._y = np.array([lookup[p] for p in parents], np.int64)
+            self._interleave_classes()
         else:
             self._y = None
         first = self._open(0)[0]                   # the first image fixes mode and size
@@ -165,6 +168,20 @@ class ImageFolder(Dataset):
         else:
             self.size = (image_size, image_size)
         self.auto_channels = channels is None
+
+    def _interleave_classes(self) -> None:
+        """Lists the files so that every prefix holds each class in proportion to its size: the
+        j-th of a class's n files (in name order) sits at (j + 1/2) / n along the list. Folders
+        come class by class, so in name order CIFAR-10's first 1,000 test images were all
+        airplanes, and anything read from the start (an evaluation's ``limit``, "the first N
+        test images") saw one class."""
+        counts = np.bincount(self._y)
+        rank = np.empty(len(self._y), np.int64)
+        for c in np.flatnonzero(counts):
+            rank[self._y == c] = np.arange(counts[c])
+        order = np.lexsort((self._y, (rank + 0.5) / counts[self._y]))
+        self.files = [self.files[i] for i in order]
+        self._y = self._y[order]
 
     # ---- contract -------------------------------------------------------------------------
     def __len__(self) -> int:

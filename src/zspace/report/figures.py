@@ -127,14 +127,15 @@ def save_reconstructions(run, path: Path, n: int = 16, split: str = "test", requ
         return None
     pairs = torch.stack([originals, recs], 1).reshape(-1, *originals.shape[1:])
     binarized = rec.grey is not rec.inputs
-    title = (f"{run.describe()}\n{split} inputs (left, grey levels"
+    levels = "colour" if originals.shape[1] == 3 else "grey levels"
+    title = (f"{run.describe()}\n{split} inputs (left, {levels}"
              + ("; the model saw a binarized draw" if binarized else "")
              + f") and reconstructions (right, decoder mean), first {len(rec.inputs)} examples")
     return save_image_grid(pairs, path, title, ncols=8)
 
 
 def save_samples(run, path: Path, n: int = 64, seed: int = 0) -> Path | None:
-    from ..models.capabilities import SamplesFromPrior
+    from ..models.capabilities import ContinuousCode, SamplesFromPrior
 
     if not isinstance(run.model, SamplesFromPrior):
         return None
@@ -148,7 +149,10 @@ def save_samples(run, path: Path, n: int = 64, seed: int = 0) -> Path | None:
         return None
     what = (f"{per_class} samples per class, one row per label 0..{classes - 1}" if classes
             else f"{n} samples")
-    title = f"{run.describe()}\n{what} from the prior (decoder mean), seed {seed}"
+    how = ("codes drawn from the prior, then decoded" if run.config.get("prior_of")
+           else "from the prior (decoder mean)" if isinstance(run.model, ContinuousCode)
+           else "drawn from the model")
+    title = f"{run.describe()}\n{what}, {how}, seed {seed}"
     return save_image_grid(images, path, title, ncols=per_class or None)
 
 
