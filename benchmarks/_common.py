@@ -58,3 +58,17 @@ def update_section(name: str, markdown: str) -> None:
         text = (pattern.sub(lambda _: block, text) if pattern.search(text)
                 else text.rstrip() + "\n\n" + block + "\n")
         RESULTS.write_text(text)
+
+
+def vqvae_test_quality(model, batches, num_codes: int) -> dict:
+    """A VQ-VAE's reconstruction MSE per subpixel and codebook use (perplexity exp(H) of the code
+    frequencies, codes in use) over ``batches``, read once."""
+    from zspace.evaluation import reconstruction_error
+    from zspace.models.vqvae import perplexity_of_counts
+
+    batches = list(batches)
+    mse = reconstruction_error(model, batches)
+    with torch.no_grad():
+        codes = torch.cat([model.encode_codes(b.x).flatten() for b in batches])
+    counts = torch.bincount(codes, minlength=num_codes).double()
+    return dict(mse=mse, perplexity=float(perplexity_of_counts(counts)), used=int((counts > 0).sum()))

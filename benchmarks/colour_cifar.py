@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import zspace
-from _common import ROOT, command_line, machine, update_section
-from zspace.core.io import write_atomic
-from zspace.evaluation import evaluate_exact_likelihood, reconstruction_error
+from _common import ROOT, command_line, machine, update_section, vqvae_test_quality
+from zspace.core.io import write_text_atomic
+from zspace.evaluation import evaluate_exact_likelihood
 from zspace.prior import train_prior
 from zspace.report.figures import save_reconstructions, save_samples
 from zspace.scorecard import scorecard
@@ -131,14 +131,9 @@ def train_tiles(args) -> dict:
 
 def evaluate_vqvae(vq, args) -> dict:
     """Reconstruction error and codebook use on the first ``limit`` test images, and the figure."""
-    test = vq.loader("test", 250, limit=args.limit)
-    mse = reconstruction_error(vq.model, test.epoch(0))
-    codes = torch.cat([vq.model.encode_codes(b.x).flatten() for b in test.epoch(0)])
-    counts = torch.bincount(codes, minlength=vq.model.config.num_codes).double()
-    p = counts[counts > 0] / counts.sum()
+    quality = vqvae_test_quality(vq.model, vq.loader("test", 250, limit=args.limit).epoch(0), vq.model.config.num_codes)
     save_reconstructions(vq, FIGS / "vqvae-cifar10-reconstructions.png", n=32)
-    return dict(mse=mse, perplexity=float(torch.exp(-(p * p.log()).sum())), used=int((counts > 0).sum()),
-                limit=args.limit, evaluated=command_line())
+    return dict(**quality, limit=args.limit, evaluated=command_line())
 
 
 def evaluate_saved(name: str, args) -> dict:
@@ -166,9 +161,7 @@ def markdown(facts: dict) -> str:
     rows = "\n".join(job_row(facts[k]) for k in ("vae", "pixelcnn") if k in facts)
     again = sorted({f["evaluated"] for f in facts.values() if f.get("evaluated") not in (None, f["command"])})
     relisted = ("\nTest bits/dim and figures evaluated again from the saved runs by "
-                + "; ".join(f"`{c}`" for c in again) + ", after the image source began listing class folders "
-                "interleaved: the curve points were measured during training on the first 200 test images of the "
-                "old listing, which were all airplanes (smooth skies; lower bits/dim than the whole set).\n"
+                + "; ".join(f"`{c}`" for c in again) + "; the curve points are those measured during training.\n"
                 if again else "")
     md = f"""### CIFAR-10 in colour: bits/dim against CPU time
 
@@ -248,7 +241,7 @@ def main() -> None:
         facts = (evaluate_saved(name, args) if args.evaluate_only else
                  train_tiles(args) if name == "tiles" else train_job(name, jobs[name], args))
         print(name, json.dumps(facts), flush=True)
-        write_atomic(OUT / f"{name}-facts.json", lambda f: f.write(json.dumps(facts, indent=1).encode()))
+        write_text_atomic(OUT / f"{name}-facts.json", json.dumps(facts, indent=1))
     saved = {k: json.loads((OUT / f"{k}-facts.json").read_text()) for k in ("vae", "pixelcnn", "tiles")
              if (OUT / f"{k}-facts.json").exists()}
     md = markdown(saved)

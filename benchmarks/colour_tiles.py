@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 import zspace
-from _common import ROOT, command_line, machine, update_section
-from zspace.evaluation import evaluate_exact_likelihood, reconstruction_error
+from _common import ROOT, command_line, machine, update_section, vqvae_test_quality
+from zspace.evaluation import evaluate_exact_likelihood
 from zspace.prior import CODES_FILE, train_prior
 from zspace.report.figures import save_reconstructions, save_samples
 from zspace.report.figures import as_images, save_image_grid
@@ -46,15 +46,10 @@ def train_vqvae(args) -> None:
                        overwrite=True, architecture="resnet", channels=tuple(args.channels), blocks=args.blocks,
                        embedding_dim=args.embedding_dim, num_codes=args.num_codes)
     seconds = time.perf_counter() - start
-    mse = reconstruction_error(run.model, run.loader("test", 250).epoch(0))
-    codes = torch.cat([run.model.encode_codes(b.x).flatten() for b in run.loader("test", 250).epoch(0)])
-    counts = torch.bincount(codes, minlength=args.num_codes).double()
-    p = counts[counts > 0] / counts.sum()
-    perplexity = float(torch.exp(-(p * p.log()).sum()))
+    quality = vqvae_test_quality(run.model, run.loader("test", 250).epoch(0), args.num_codes)
     FIGS.mkdir(parents=True, exist_ok=True)
     save_reconstructions(run, FIGS / "vqvae-celeba64-reconstructions.png", n=32)
-    facts = dict(command=command_line(), seconds=seconds, mse=mse, perplexity=perplexity,
-                 used=int((counts > 0).sum()), describe=run.describe(), steps=args.steps,
+    facts = dict(command=command_line(), seconds=seconds, **quality, describe=run.describe(), steps=args.steps,
                  channels=list(args.channels), blocks=args.blocks, num_codes=args.num_codes,
                  embedding_dim=args.embedding_dim, threads=args.threads)
     (OUT / "vqvae-facts.json").write_text(json.dumps(facts, indent=1))

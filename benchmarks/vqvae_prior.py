@@ -24,6 +24,7 @@ import torch
 import zspace
 from _common import ROOT, command_line, machine, update_section, use_shared_data
 from zspace.evaluation import evaluate_exact_likelihood, reconstruction_error
+from zspace.models.vqvae import perplexity_of_counts
 from zspace.prior import CODES_FILE, train_prior
 from zspace.report.figures import save_reconstructions, save_samples
 from zspace.rng import seeded
@@ -68,8 +69,7 @@ def main() -> None:
     with np.load(out / "prior" / CODES_FILE) as grids:
         train_codes, test_codes = grids["x_train"].ravel(), grids["x_test"].ravel()
     counts = np.bincount(test_codes, minlength=args.num_codes)
-    p = counts[counts > 0] / counts.sum()
-    perplexity = float(np.exp(-(p * np.log(p)).sum()))
+    perplexity = float(perplexity_of_counts(torch.from_numpy(counts).double()))
     used = int((counts > 0).sum())
     freq = (np.bincount(train_codes, minlength=args.num_codes) + 1.0)     # add-one: no zero probabilities
     freq /= freq.sum()

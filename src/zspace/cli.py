@@ -725,7 +725,7 @@ def _check_counts(a, *names: str) -> None:
     for name in names:
         value = getattr(a, name, None)
         if value is not None and value < 1:
-            raise ConfigError(f"{_flag(name) if len(name) > 1 else '-' + name} must be >= 1")
+            raise ConfigError(f"{_flag(name) if len(name) > 1 else '-' + name} must be >= 1, got {value}")
 
 
 MAX_FIGURE_SIDE = 200   # images along one side of a figure grid
@@ -894,9 +894,7 @@ def cmd_scorecard(a) -> None:
 
     if a.n < 2:
         raise ConfigError(f"-n must be >= 2, got {a.n}")
-    for flag, value in (("--nll-samples", a.nll_samples), ("--nll-limit", a.nll_limit)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    _check_counts(a, "nll_samples", "nll_limit")
     card = scorecard(a.runs, n=a.n, seed=a.seed, extractor=a.extractor, device=a.device,
                      nll_samples=a.nll_samples, nll_limit=a.nll_limit)
     write_text_atomic(a.out / "scorecard.md", card.markdown())
