@@ -9,6 +9,7 @@ import zspace
 from zspace.cli import main
 from zspace.data import ShardWriter
 from zspace.errors import ConfigError, DataError
+import zspace.models.sae as sae_module
 from zspace.models.sae import SAEConfig, SparseAutoencoder, geometric_median
 from zspace.sae.train import causal_fidelity, density_histogram, feature_statistics, train_sae
 
@@ -60,6 +61,7 @@ def use_path(monkeypatch, path):
     monkeypatch.setattr(sparse_rows, "DENSE_GATHER", big)
     monkeypatch.setattr(sparse_rows, "DENSE_SCATTER", big)
     monkeypatch.setattr(sparse_rows, "CHUNK_ELEMENTS", 50)
+    monkeypatch.setattr(sae_module, "_RANK_ROWS", 16)
     return torch.float64
 
 
@@ -86,28 +88,37 @@ def test_sparse_decode_gradients_equal_the_dense_product(monkeypatch, path):
 @pytest.mark.parametrize("path", PATHS)
 def test_topk_encoder_gradients_equal_autograds_through_the_dense_path(monkeypatch, path):
     """_TopKEncode (chunked rows, gradients only at the selected columns) gives the same indices,
-    values and gradients for xn, W and b as autograd through addmm, topk and ReLU."""
+    values and gradients for xn, W, b_enc and b_dec as autograd through addmm, topk and ReLU, and
+    the pre-activations aux-k asks for (some columns, every 3rd row) from the same chunks."""
     import zspace.models.sae as S
+    from zspace.nn import sparse_rows
 
     dtype = use_path(monkeypatch, path)
+    monkeypatch.setattr(sparse_rows, "CHUNK_ELEMENTS", 16 * 40)     # 16-row chunks: the aux rows cross them
+    monkeypatch.setattr(S, "_RANK_ROWS", 16)
     g = torch.Generator().manual_seed(5)
     xn = torch.randn(50, 6, generator=g, dtype=dtype, requires_grad=True)
     W = torch.randn(6, 40, generator=g, dtype=dtype, requires_grad=True)
     b = (torch.randn(40, generator=g, dtype=dtype) - 3.0).requires_grad_()
+    b_dec = (0.3 * torch.randn(6, generator=g, dtype=dtype)).requires_grad_()
     up = torch.randn(50, 4, generator=g, dtype=dtype)
-    idx, vals = S._TopKEncode.apply(xn, W, b, 4)
+    cols = torch.tensor([3, 17, 39, 0])
+    idx, vals, aux_pre = S._TopKEncode.apply(xn, W, b, b_dec, 4, cols, 3)
     order = idx.argsort(1)                                  # compare in column order
     (vals.gather(1, order) * up).sum().backward()
-    grads = [t.grad.clone() for t in (xn, W, b)]
-    for t in (xn, W, b):
+    leaves = (xn, W, b, b_dec)
+    grads = [t.grad.clone() for t in leaves]
+    for t in leaves:
         t.grad = None
-    ref_vals, ref_idx = torch.addmm(b, xn, W).topk(4, dim=1)
+    pre = torch.addmm(b, xn - b_dec, W)
+    assert aux_pre.shape == (17, 4) and torch.allclose(aux_pre, pre.detach()[::3][:, cols], rtol=1e-5, atol=1e-5)
+    ref_vals, ref_idx = pre.topk(4, dim=1)
     ref_order = ref_idx.argsort(1)
     assert torch.equal(idx.gather(1, order), ref_idx.gather(1, ref_order))
     (torch.relu(ref_vals).gather(1, ref_order) * up).sum().backward()
     assert (vals <= 0).any() and (vals > 0).any()           # the ReLU's gate is exercised
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else {}
-    for got, t in zip(grads, (xn, W, b)):
+    for got, t in zip(grads, leaves):
         assert torch.allclose(got, t.grad, **tol), (got - t.grad).abs().max()
 
 
@@ -122,12 +133,13 @@ def test_topk_encoder_under_bf16_ranks_in_bf16_and_keeps_fp32_values(monkeypatch
     xn = torch.randn(300, 24, generator=g)
     W = torch.randn(24, 512, generator=g, requires_grad=True)
     b = torch.randn(512, generator=g) * 0.1
+    b_dec = torch.randn(24, generator=g) * 3                  # centred in fp32, before the cast
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        idx, vals = S._TopKEncode.apply(xn, W, b, 8)
+        idx, vals, _ = S._TopKEncode.apply(xn, W, b, b_dec, 8)
     assert vals.dtype == torch.float32
-    exact = torch.addmm(b, xn, W.detach())
+    exact = torch.addmm(b, xn - b_dec, W.detach())
     assert torch.allclose(vals, exact.gather(1, idx).clamp_min(0), atol=1e-5)
-    low = torch.addmm(b.bfloat16(), xn.bfloat16(), W.detach().bfloat16()).float()
+    low = torch.addmm(b.bfloat16(), (xn - b_dec).bfloat16(), W.detach().bfloat16()).float()
     kth = low.topk(8, dim=1).values[:, -1:]
     assert (low.gather(1, idx) >= kth).all()                 # chosen by the bf16 ranking
     vals.sum().backward()
@@ -244,14 +256,16 @@ def test_aux_k_revives_dead_latents():
     assert dead_after[32] < dead_after[0] - 0.1, dead_after
 
 
+@pytest.mark.parametrize("aux_k", [5, 2])
 @pytest.mark.parametrize("share,every,rescale", [(0.0, 1, False), (1 / 16, 3, False), (0.0, 1, True), (1 / 16, 3, True)])
-def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every, rescale):
+def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every, rescale, aux_k):
     """_AuxK (one cast per operand, gradients by hand) equals autograd through the plain formula:
     the top aux_k ReLU pre-activations of the dead latents decode the residual, over its variance;
     with aux_rescale, e_hat times each row's least-squares scale (held constant) does.
-    With 12 of 64 features dead and aux_share 1/16 (4 features) it reads every 3rd row."""
+    With 12 of 64 features dead and aux_share 1/16 (4 features) it reads every 3rd row. aux_k 5
+    takes the dense products, aux_k 2 (4 x 2 <= 12 dead) the gathers through the chosen 2."""
     x, _ = sparse_data(90)
-    m = sae(kind="topk", width=64, k=3, aux_k=5, aux_share=share, aux_rescale=rescale).double()
+    m = sae(kind="topk", width=64, k=3, aux_k=aux_k, aux_share=share, aux_rescale=rescale).double()
     m.init_from_data(x)
     g = torch.Generator().manual_seed(1)
     xn = torch.randn(90, D, generator=g, dtype=torch.float64)
@@ -259,15 +273,19 @@ def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every, resca
     dead = torch.zeros(64, dtype=torch.bool)
     dead[torch.randperm(64, generator=g)[:12]] = True
     params = (m.W_enc, m.b_enc, m.b_dec, m.W_dec)
-    got = m._aux_loss(xn, dead, residual)
+    aux_rows = m._aux_rows(dead)
+    cols = dead.nonzero().squeeze(1)
+    assert torch.equal(aux_rows[0], cols) and aux_rows[1] == every
+    with torch.no_grad():                                   # the pre-activations the encoder's pass hands over
+        pre = m._encode_normalised(xn)[::every][:, cols]
+    got = m._aux_loss(xn, residual, aux_rows, pre)
     got.backward()
     grads = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
-    cols = dead.nonzero().squeeze(1)
     xs, rs = xn[::every], residual[::every]
     pre = xs @ m.W_enc[:, cols] + (m.b_enc - m.b_dec @ m.W_enc)[cols]
-    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(5, dim=1).indices, True)
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(aux_k, dim=1).indices, True)
     e_hat = (torch.relu(pre) * keep) @ m.W_dec[cols]
     if rescale:
         scale = ((e_hat * rs).sum(1, keepdim=True) / e_hat.square().sum(1, keepdim=True)).clamp(0, 1).detach()

@@ -203,69 +203,105 @@ class _SparseDecode(torch.autograd.Function):
         return None, g_vals, g_W
 
 
+# The ranking product's row chunks have at least this many rows: the CPU's matrix product is slow on
+# thin pieces (4096 x 384 x 12288 in bf16, one thread: 85-row pieces 144 GFLOP/s, 256-row pieces 176;
+# a MiniLM 32x TopK step 550 -> 460 ms, benchmarks/RESULTS.md "SAEs against SAELens and sparsify").
+_RANK_ROWS = 256
+
+
 class _TopKEncode(torch.autograd.Function):
-    """idx, vals = the k largest of pre = xn W + b in every row, vals through a ReLU, without ever
-    holding pre whole: it is formed and selected in row chunks, and the backward touches only the
-    k selected columns of each row. Under bf16 autocast the product that ranks the features runs
-    in bf16 (5x faster than fp32 on a CPU with AVX512-BF16), and the chosen features' values are
+    """idx, vals = the k largest of pre = (xn - b_dec) W + b_enc in every row, vals through a ReLU,
+    without ever holding pre whole: it is formed and selected in row chunks, and the backward touches
+    only the k selected columns of each row. Under bf16 autocast the product that ranks the features
+    runs in bf16 (5x faster than fp32 on a CPU with AVX512-BF16), and the chosen features' values are
     then computed exactly in fp32 (``gather_dot``): bf16 only decides near-ties of the selection,
-    and every value and gradient is fp32."""
+    and every value and gradient is fp32. The input is centred in fp32 before any cast.
+
+    ``aux_cols``, ``aux_every``: also returns the pre-activations of those columns (aux-k's dead
+    features) on rows 0, every, 2 every, ..., read from the same chunks, so aux-k needs no product
+    of its own to choose its latents (a third of its cost). They carry no gradient; ``_AuxK``'s
+    backward gives the parameters theirs."""
 
     @staticmethod
-    def forward(ctx, xn, W, b, k):
+    def forward(ctx, xn, W, b_enc, b_dec, k, aux_cols=None, aux_every=1):
         rows, width = len(xn), W.shape[1]
         low = _low_precision(xn.device)
-        Wr, br = (W.to(low), b.to(low)) if low is not None else (W, b)      # cast once, not per chunk
-        idx = torch.empty(rows, k, dtype=torch.long, device=xn.device)
-        vals = torch.empty(rows, k, dtype=xn.dtype, device=xn.device)
         with torch.autocast(xn.device.type, enabled=False):
-            xr = xn.to(Wr.dtype)
-            for r in row_chunks(rows, width):
-                v, idx[r] = row_topk(torch.addmm(br, xr[r], Wr), k)
+            xc = (xn - b_dec).contiguous()
+            Wr, br = (W.to(low), b_enc.to(low)) if low is not None else (W, b_enc)   # cast once, not per chunk
+            xr = xc.to(Wr.dtype)
+            idx = torch.empty(rows, k, dtype=torch.long, device=xn.device)
+            vals = torch.empty(rows, k, dtype=xn.dtype, device=xn.device)
+            n_aux = 0 if aux_cols is None else len(aux_cols)
+            aux_pre = torch.empty(len(range(0, rows, aux_every)) if n_aux else 0, n_aux, dtype=Wr.dtype, device=xn.device)
+            for r in row_chunks(rows, width, min_rows=_RANK_ROWS):
+                pre = torch.addmm(br, xr[r], Wr)
+                v, idx[r] = row_topk(pre, k)
                 if low is None:
                     vals[r] = v
+                first = -(-r.start // aux_every) * aux_every          # the chunk's first aux row
+                if n_aux and first < r.stop:
+                    taken = pre[first - r.start::aux_every].index_select(1, aux_cols)
+                    aux_pre[first // aux_every:first // aux_every + len(taken)] = taken
             Wt = W.t().contiguous()                                         # (width, d): feature rows
             if low is not None:
-                vals = gather_dot(xn.contiguous(), Wt, idx) + b[idx]
+                vals = gather_dot(xc, Wt, idx) + b_enc[idx]
         vals.clamp_min_(0)
-        ctx.save_for_backward(xn, Wt, idx, vals)
-        ctx.mark_non_differentiable(idx)
-        return idx, vals
+        ctx.save_for_backward(xc, Wt, idx, vals)
+        ctx.mark_non_differentiable(idx, aux_pre)
+        return idx, vals, aux_pre
 
     @staticmethod
-    def backward(ctx, _g_idx, g_vals):
-        xn, Wt, idx, vals = ctx.saved_tensors
-        g = (g_vals.to(xn.dtype) * (vals > 0)).contiguous()
-        g_xn = g_W = g_b = None
+    def backward(ctx, _g_idx, g_vals, _g_aux):
+        xc, Wt, idx, vals = ctx.saved_tensors
+        g = (g_vals.to(xc.dtype) * (vals > 0)).contiguous()
+        g_xn = g_W = g_b = g_bdec = None
         if ctx.needs_input_grad[0]:          # sum_j g[b, j] W[:, idx[b, j]]: a sparse read of W's columns
             g_xn = F.embedding_bag(idx, Wt, per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
-            g_W = scatter_outer(idx, g, xn.contiguous(), Wt.shape[0]).t()
-        if ctx.needs_input_grad[2]:
+            g_W = scatter_outer(idx, g, xc, Wt.shape[0]).t()
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
             g_b = torch.zeros(Wt.shape[0], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
-        return g_xn, g_W, g_b, None
+            if ctx.needs_input_grad[3]:      # -sum over rows of d pre / d xc: one product with the summed g
+                g_bdec = -(g_b @ Wt)
+        return g_xn, g_W, g_b, g_bdec, None, None, None
 
 
 class _AuxK(torch.autograd.Function):
     """Gao et al.'s L_aux over the dead columns ``cols``: the k largest ReLU pre-activations of
     the dead latents decode the residual, ||s e_hat - e||^2 over the residual's variance, averaged
     over the rows, with s = 1 or (``rescale``) min(1, <e_hat, e> / ||e_hat||^2) per row, constant
-    in the gradient. Its products run in ``low`` precision (bf16 under autocast) with every
-    operand cast once, and its loss and gradients come back in the parameters' dtype (fp32);
-    autocast's per-op casts and their backward casts had cost as much as the products themselves."""
+    in the gradient. The pre-activations ``pre`` (R, n) = (xn - b_dec) W_enc[:, cols] + b_enc[cols]
+    on the R rows of ``xn`` come from the encoder's own pass (``_TopKEncode``'s aux outputs, or the
+    dense pre-activations); the gradients of W_enc, b_enc and b_dec through them are given here.
+
+    While k is a large share of the dead (4 k > n) the latents are decoded and differentiated by
+    dense products in ``low`` precision (bf16 under autocast), every operand cast once; with many
+    more dead than k (MiniLM 32x early on: 3,700 dead, k = 256) through the k chosen per row, in fp32
+    with the values the encoder's pass ranked them by (``sparse_decode``'s gathers and scatters), a
+    14th of the work. Loss and gradients come back in
+    the parameters' dtype and memory layout (fp32; a gradient laid out unlike its parameter made
+    autograd's accumulation 3x slower)."""
 
     @staticmethod
-    def forward(ctx, xn, residual, W_enc, b, W_dec, cols, k, low, rescale):
-        dt = low or xn.dtype
+    def forward(ctx, xn, residual, pre, W_enc, b_enc, b_dec, W_dec, cols, k, low, rescale):
+        sparse = 4 * k <= len(cols)
+        dt = xn.dtype if sparse or low is None else low
         with torch.autocast(xn.device.type, enabled=False):
-            xl, We, Wd = xn.to(dt), W_enc[:, cols].to(dt), W_dec[cols].to(dt)       # (R, d) (d, n) (n, d)
-            pre = torch.addmm(b[cols].to(dt), xl, We)                             # (R, n)
-            if k < len(cols):    # the top k of the dead, decoded densely: k is large (256) against them
-                _, j = row_topk(pre, k)
-                f = torch.zeros_like(pre).scatter_(1, j, pre.gather(1, j).clamp_min_(0))
-            else:
-                f = pre.clamp_min_(0)
-            e_hat = (f @ Wd).to(residual.dtype)                                   # (R, d)
+            xl, Wd = (xn - b_dec).to(dt), W_dec[cols].to(dt)                      # (R, d) (n, d)
+            if sparse:                      # the top k of each row: indices j, values f (R, k)
+                f, j = row_topk(pre, k)
+                f = f.to(dt).clamp_min_(0)
+                e_hat = F.embedding_bag(j, Wd, per_sample_weights=f, mode="sum")
+            else:                           # all dead, or their top k scattered densely
+                pre = pre.to(dt)
+                if k < len(cols):
+                    j = row_topk(pre, k)[1]
+                    f = torch.zeros_like(pre).scatter_(1, j, pre.gather(1, j).clamp_min_(0))
+                else:
+                    j, f = None, pre.clamp_min(0)
+                e_hat = f @ Wd
+            e_hat = e_hat.to(residual.dtype)                                      # (R, d)
             s = None
             if rescale:    # each row's least-squares scale, held constant: the loss sees e_hat's direction
                 s = ((e_hat * residual).sum(1) / e_hat.square().sum(1).clamp_min(1e-12)).clamp_(0, 1)[:, None]
@@ -273,24 +309,33 @@ class _AuxK(torch.autograd.Function):
             diff = e_hat - residual                                               # (R, d)
             var = (residual - residual.mean(0)).square().sum(1).mean().clamp_min(1e-12)
             loss = diff.square().sum(1).mean() / var
-        ctx.save_for_backward(xl, f, Wd, diff if s is None else diff * s, cols, var)
-        ctx.shapes = W_enc.shape, W_dec.shape
+        ctx.sparse = sparse
+        ctx.save_for_backward(xl, f, j if sparse else None, Wd, diff if s is None else diff * s, cols, var, W_enc, W_dec)
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        xl, f, Wd, diff, cols, var = ctx.saved_tensors                          # diff: (s e_hat - e) * s
-        (d, width), dec_shape = ctx.shapes
+        xl, f, j, Wd, diff, cols, var, W_enc, W_dec = ctx.saved_tensors        # diff: (s e_hat - e) * s
+        n = len(cols)
         with torch.autocast(xl.device.type, enabled=False):
-            g_e = (diff * (2 * g / (len(diff) * var))).to(f.dtype)              # d loss / d e_hat, (R, d)
-            g_pre = (g_e @ Wd.t()).mul_(f > 0)                                    # through the ReLU and the top k
-            g_We = torch.zeros(d, width, dtype=diff.dtype, device=diff.device)
-            g_We[:, cols] = (xl.t() @ g_pre).to(diff.dtype)
-            g_Wd = torch.zeros(dec_shape, dtype=diff.dtype, device=diff.device)
-            g_Wd[cols] = (f.t() @ g_e).to(diff.dtype)
-            g_b = torch.zeros(width, dtype=diff.dtype, device=diff.device)
-            g_b[cols] = g_pre.sum(0, dtype=diff.dtype)
-        return None, None, g_We, g_b, g_Wd, None, None, None, None
+            g_e = (diff * (2 * g / (len(diff) * var))).to(f.dtype).contiguous()  # d loss / d e_hat, (R, d)
+            if ctx.sparse:                  # through the k chosen per row only
+                g_f = gather_dot(g_e, Wd, j).mul_(f > 0)                          # (R, k)
+                g_Wd_cols = scatter_outer(j, f, g_e, n)                          # (n, d)
+                g_We_cols = scatter_outer(j, g_f, xl, n).t()                     # (d, n)
+                g_b_cols = torch.zeros(n, dtype=g_f.dtype, device=g_f.device).index_add_(
+                    0, j.reshape(-1), g_f.reshape(-1))
+            else:                           # through the ReLU and the top k, densely
+                g_pre = (g_e @ Wd.t()).mul_(f > 0)
+                g_Wd_cols, g_We_cols, g_b_cols = f.t() @ g_e, (g_pre.t() @ xl).t(), g_pre.sum(0, dtype=diff.dtype)
+            g_We = torch.zeros_like(W_enc, dtype=diff.dtype)                     # W_enc's layout: no strided add
+            g_We[:, cols] = g_We_cols.to(diff.dtype)
+            g_Wd = torch.zeros_like(W_dec, dtype=diff.dtype)
+            g_Wd[cols] = g_Wd_cols.to(diff.dtype)
+            g_b = torch.zeros(W_enc.shape[1], dtype=diff.dtype, device=diff.device)
+            g_b[cols] = g_b_cols.to(diff.dtype)
+            g_bdec = -(W_enc[:, cols].to(diff.dtype) @ g_b[cols])                # pre moves against b_dec
+        return None, None, None, g_We, g_b, g_bdec, g_Wd, None, None, None, None
 
 
 def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -385,7 +430,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         """Removes each row's gradient component along the (unit) row: steps stay on the sphere
         to first order; the renormalisation after the step corrects the rest."""
         w = self.W_dec.detach()
-        return grad - (grad * w).sum(1, keepdim=True) * w
+        return torch.addcmul(grad, torch.linalg.vecdot(grad, w).unsqueeze(1), w, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self, *copies: torch.Tensor) -> None:
@@ -428,16 +473,18 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
     def _encode_normalised(self, xn: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self._encoder_bias(), xn, self.W_enc)
 
-    def _topk_normalised(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """topk's (indices, values) (B, k) straight from xn, the pre-activations never whole."""
-        return _TopKEncode.apply(xn, self.W_enc, self._encoder_bias(), self.config.k)
-
-    def _codes(self, xn: torch.Tensor):
-        """(f dense or None, top indices or None, top values or None, pre-activations or None)."""
+    def _codes(self, xn: torch.Tensor, aux_rows: tuple[torch.Tensor, int] | None = None):
+        """(f dense or None, top indices or None, top values or None, pre-activations or None, aux's
+        pre-activations or None). topk's indices and values come straight from xn, the pre-activations
+        never whole. ``aux_rows`` = (cols, every): also the pre-activations of columns ``cols`` on
+        rows 0, every, 2 every, ... (detached), from the same pass."""
+        cols, every = aux_rows if aux_rows is not None else (None, 1)
         if self.config.kind == "topk":
-            return (None, *self._topk_normalised(xn), None)
+            idx, vals, aux_pre = _TopKEncode.apply(xn, self.W_enc, self.b_enc, self.b_dec, self.config.k, cols, every)
+            return None, idx, vals, None, (aux_pre if aux_rows is not None else None)
         pre = self._encode_normalised(xn)
-        return (*self._sparse(pre), pre)
+        aux_pre = pre.detach()[::every].index_select(1, cols) if aux_rows is not None else None
+        return (*self._sparse(pre), pre, aux_pre)
 
     def _sparse(self, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(f dense (B, width), None, None) from whole pre-activations (topk never forms them: ``_codes``)."""
@@ -464,7 +511,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
 
     def encode_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations f (B, width) of inputs x (B, d)."""
-        f, idx, vals, _ = self._codes(x.reshape(len(x), -1) * self.scale)
+        f, idx, vals, _, _ = self._codes(x.reshape(len(x), -1) * self.scale)
         if f is None:
             f = torch.zeros(len(x), self.config.width, dtype=vals.dtype, device=vals.device).scatter_(1, idx, vals)
         return f
@@ -483,7 +530,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         return ((z @ self.W_dec + self.b_dec) / self.scale).view(len(z), *self.config.input_shape)
 
     def reconstruct(self, x: torch.Tensor, y=None) -> torch.Tensor:
-        f, idx, vals, _ = self._codes(x.reshape(len(x), -1) * self.scale)
+        f, idx, vals, _, _ = self._codes(x.reshape(len(x), -1) * self.scale)
         return (self.decode_features(f, idx, vals) / self.scale).view_as(x)
 
     def dead_fraction(self) -> float:
@@ -494,7 +541,9 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
     def forward(self, x: torch.Tensor, y=None, warmup: float = 1.0) -> Losses:
         c = self.config
         xn = x.reshape(len(x), -1) * self.scale
-        f, idx, vals, pre = self._codes(xn)
+        # dead: silent for dead_tokens tokens before this batch, as in Gao et al.
+        aux_rows = self._aux_rows(self.silent_tokens >= c.dead_tokens) if self.training else None
+        f, idx, vals, pre, aux_pre = self._codes(xn, aux_rows)
         x_hat = self.decode_features(f, idx, vals)
         err = xn - x_hat
         sse = err.square().sum(1)                                   # (B,); pow(2)'s backward calls pow again
@@ -518,9 +567,8 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         loss = (sse + penalty).mean() / c.d
         terms = {"mse": sse.detach() / c.d, "l0": l0, "sparsity": sparsity.detach()}
         if self.training:
-            dead = self.silent_tokens >= c.dead_tokens       # silent before this batch, as in Gao et al.
-            if c.aux_k and bool(dead.any()):
-                aux = self._aux_loss(xn, dead, err.detach())
+            if aux_rows is not None:
+                aux = self._aux_loss(xn, err.detach(), aux_rows, aux_pre)
                 loss = loss + c.aux_weight * aux
                 terms["aux"] = aux.detach().expand(len(x))
             with torch.no_grad():
@@ -528,11 +576,23 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         stats = _fvu_stats(sse, xn)
         return Losses(loss, terms, stats)
 
-    def _aux_loss(self, xn: torch.Tensor, dead: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    def _aux_rows(self, dead: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+        """(the dead columns, every) for aux-k, or None when it is off or nothing is ``dead``; its
+        rows are every n-th (``_aux_loss``)."""
+        c = self.config
+        if not c.aux_k or not bool(dead.any()):
+            return None
+        cols = dead.nonzero().squeeze(1)
+        every = math.ceil(len(cols) / (c.aux_share * c.width)) if c.aux_share and len(cols) > c.aux_share * c.width else 1
+        return cols, every
+
+    def _aux_loss(self, xn: torch.Tensor, residual: torch.Tensor, aux_rows: tuple[torch.Tensor, int],
+                  pre: torch.Tensor) -> torch.Tensor:
         """Gao et al.'s L_aux: the top aux_k dead latents reconstruct the residual, normalised by
-        the residual's variance. Only the dead columns of the encoder are multiplied; with no more
-        of them than aux_k, all of them take part. Its five dense products over the dead columns
-        cost 5 x dead / width of the encoder's product, more than the rest of a step once many
+        the residual's variance, on the rows and dead columns ``aux_rows`` names (``_aux_rows``), with
+        their pre-activations ``pre`` from the encoder's pass; with no more dead columns than aux_k, all
+        of them take part. Its four products over the dead columns cost 4 x dead / width of the
+        encoder's product while they are dense (``_AuxK``), more than the rest of a step once many
         features are dead (MiniLM, 3072 features, k = 8, 41% dead: 190 of 300 ms at 4096 rows). So
         while more than ``aux_share`` of the features are dead it reads every n-th row only, n =
         ceil(dead / (aux_share x width)): an unbiased estimate of the batch's loss at a capped cost. With
@@ -548,13 +608,9 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         drove them below the ReLU gate for good: MiniLM layer 3, 12,288 features, k = 8: 56% silent over
         the training tokens with Gao et al.'s plain form (benchmarks/RESULTS.md, "SAE aux-k")."""
         c = self.config
-        cols = dead.nonzero().squeeze(1)
-        if c.aux_share and len(cols) > c.aux_share * c.width:
-            every = math.ceil(len(cols) / (c.aux_share * c.width))
-            xn, residual = xn[::every], residual[::every]
-        k = min(c.aux_k, len(cols))
-        return _AuxK.apply(xn, residual, self.W_enc, self._encoder_bias(), self.W_dec, cols, k,
-                           _low_precision(xn.device), c.aux_rescale)
+        cols, every = aux_rows
+        return _AuxK.apply(xn[::every], residual[::every], pre, self.W_enc, self.b_enc, self.b_dec, self.W_dec, cols,
+                           min(c.aux_k, len(cols)), _low_precision(xn.device), c.aux_rescale)
 
     def describe(self) -> str:
         c = self.config

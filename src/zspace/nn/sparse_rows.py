@@ -61,9 +61,10 @@ def _compiled(*tensors: torch.Tensor) -> bool:
             and compiled_available())
 
 
-def row_chunks(rows: int, per_row: int):
-    """Row slices whose (rows x per_row) intermediates stay near CHUNK_ELEMENTS."""
-    step = max(16, CHUNK_ELEMENTS // max(per_row, 1))
+def row_chunks(rows: int, per_row: int, min_rows: int = 16):
+    """Row slices whose (rows x per_row) intermediates stay near CHUNK_ELEMENTS, of at least
+    ``min_rows`` rows."""
+    step = max(min_rows, CHUNK_ELEMENTS // max(per_row, 1))
     for s in range(0, rows, step):
         yield slice(s, min(rows, s + step))
 
