@@ -1,4 +1,5 @@
 """Sparse autoencoder models, their metrics on cases with a known answer, training and splicing."""
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -299,6 +300,32 @@ def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every, resca
     assert grads[0][:, ~dead].abs().max() == 0 and grads[0][:, dead].abs().max() > 0   # only dead columns move
     with pytest.raises(ConfigError, match="aux_share"):
         SAEConfig(aux_share=1.5)
+
+
+@pytest.mark.parametrize("aux_k", [4, 32])
+def test_training_step_with_aux_k_in_fp32_equals_fp64(aux_k):
+    """A whole training step with dead features (40 of 64), its aux-k's pre-activations from the
+    encoder's pass: fp32 (the compiled gathers and scatters where aux-k goes sparse, aux_k 4) gives
+    the float64 step's loss and gradients; aux_k 32 takes the dense products. The float64 model is
+    a deep copy, which must keep the decoder's gradient hook (tensor hooks are not copied)."""
+    x, _ = sparse_data(200)
+    m32 = sae(kind="topk", width=64, k=3, aux_k=aux_k, aux_share=0.0, dead_tokens=10)
+    m32.init_from_data(x)
+    m64 = copy.deepcopy(m32).double()
+    dead = torch.randperm(64, generator=torch.Generator().manual_seed(2))[:40]
+    losses, grads = [], []
+    for m, xx in ((m32, x), (m64, x.double())):
+        m.train()
+        m.silent_tokens[dead] = 100
+        out = m(xx)
+        assert "aux" in out.terms and float(out.terms["aux"][0]) > 0
+        out.loss.backward()
+        losses.append(float(out.loss.detach()))
+        grads.append([p.grad.double() for p in (m.W_enc, m.b_enc, m.b_dec, m.W_dec)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+    assert grads[1][0][:, dead].abs().max() > 0                 # the dead columns get aux-k's gradient
 
 
 def test_jumprelu_threshold_learns_and_unit_norm_is_kept():

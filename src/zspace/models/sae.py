@@ -380,6 +380,13 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         if config.unit_norm:
             self.W_dec.register_hook(self._orthogonal_gradient)
 
+    def __setstate__(self, state):
+        """A copy (``copy.deepcopy``, pickle) gets the decoder's gradient hook again, bound to itself:
+        tensor hooks are not copied, and without it the copy's decoder rows would leave the sphere."""
+        super().__setstate__(state)
+        if self.config.unit_norm and not self.W_dec._backward_hooks:
+            self.W_dec.register_hook(self._orthogonal_gradient)
+
     # ---- set-up ----------------------------------------------------------------------------
     @property
     def code_dim(self) -> int:
