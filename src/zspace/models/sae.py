@@ -302,23 +302,28 @@ class _AuxK(torch.autograd.Function):
                     j, f = None, pre.clamp_min(0)
                 e_hat = f @ Wd
             e_hat = e_hat.to(residual.dtype)                                      # (R, d)
-            s = None
+            # the loss from three numbers per row, no (R, d) difference formed: ||s e_hat - e||^2 =
+            # s^2 ||e_hat||^2 - 2 s <e_hat, e> + ||e||^2; the variance from the same ||e||^2
+            eh_e, eh_eh, e_e = (torch.linalg.vecdot(a, b) for a, b in ((e_hat, residual), (e_hat, e_hat), (residual, residual)))
             if rescale:    # each row's least-squares scale, held constant: the loss sees e_hat's direction
-                s = ((e_hat * residual).sum(1) / e_hat.square().sum(1).clamp_min(1e-12)).clamp_(0, 1)[:, None]
-                e_hat = e_hat * s
-            diff = e_hat - residual                                               # (R, d)
-            var = (residual - residual.mean(0)).square().sum(1).mean().clamp_min(1e-12)
-            loss = diff.square().sum(1).mean() / var
+                s = (eh_e / eh_eh.clamp_min(1e-12)).clamp_(0, 1)
+            else:
+                s = torch.ones_like(eh_e)
+            rows = len(residual)
+            mean = residual.mean(0, dtype=torch.float64)
+            var = ((e_e.sum(dtype=torch.float64) - rows * mean.square().sum()) / rows).to(residual.dtype).clamp_min(1e-12)
+            loss = ((s * s * eh_eh - 2 * s * eh_e + e_e).clamp_min(0).mean() / var)
         ctx.sparse = sparse
-        ctx.save_for_backward(xl, f, j if sparse else None, Wd, diff if s is None else diff * s, cols, var, W_enc, W_dec)
+        ctx.save_for_backward(xl, f, j if sparse else None, Wd, e_hat, residual, s, cols, var, W_enc, W_dec)
         return loss
 
     @staticmethod
     def backward(ctx, g):
-        xl, f, j, Wd, diff, cols, var, W_enc, W_dec = ctx.saved_tensors        # diff: (s e_hat - e) * s
+        xl, f, j, Wd, e_hat, residual, s, cols, var, W_enc, W_dec = ctx.saved_tensors
         n = len(cols)
         with torch.autocast(xl.device.type, enabled=False):
-            g_e = (diff * (2 * g / (len(diff) * var))).to(f.dtype).contiguous()  # d loss / d e_hat, (R, d)
+            c = (2 * g / (len(residual) * var)) * s[:, None]                       # d loss / d e_hat = c (s e_hat - e)
+            g_e = torch.addcmul(residual * -c, e_hat, c * s[:, None]).to(f.dtype).contiguous()   # (R, d)
             if ctx.sparse:                  # through the k chosen per row only
                 g_f = gather_dot(g_e, Wd, j).mul_(f > 0)                          # (R, k)
                 g_Wd_cols = scatter_outer(j, f, g_e, n)                          # (n, d)
@@ -327,14 +332,14 @@ class _AuxK(torch.autograd.Function):
                     0, j.reshape(-1), g_f.reshape(-1))
             else:                           # through the ReLU and the top k, densely
                 g_pre = (g_e @ Wd.t()).mul_(f > 0)
-                g_Wd_cols, g_We_cols, g_b_cols = f.t() @ g_e, (g_pre.t() @ xl).t(), g_pre.sum(0, dtype=diff.dtype)
-            g_We = torch.zeros_like(W_enc, dtype=diff.dtype)                     # W_enc's layout: no strided add
-            g_We[:, cols] = g_We_cols.to(diff.dtype)
-            g_Wd = torch.zeros_like(W_dec, dtype=diff.dtype)
-            g_Wd[cols] = g_Wd_cols.to(diff.dtype)
-            g_b = torch.zeros(W_enc.shape[1], dtype=diff.dtype, device=diff.device)
-            g_b[cols] = g_b_cols.to(diff.dtype)
-            g_bdec = -(W_enc[:, cols].to(diff.dtype) @ g_b[cols])                # pre moves against b_dec
+                g_Wd_cols, g_We_cols, g_b_cols = f.t() @ g_e, (g_pre.t() @ xl).t(), g_pre.sum(0, dtype=residual.dtype)
+            g_We = torch.zeros_like(W_enc, dtype=residual.dtype)                     # W_enc's layout: no strided add
+            g_We[:, cols] = g_We_cols.to(residual.dtype)
+            g_Wd = torch.zeros_like(W_dec, dtype=residual.dtype)
+            g_Wd[cols] = g_Wd_cols.to(residual.dtype)
+            g_b = torch.zeros(W_enc.shape[1], dtype=residual.dtype, device=residual.device)
+            g_b[cols] = g_b_cols.to(residual.dtype)
+            g_bdec = -(W_enc[:, cols].to(g_b.dtype) @ g_b[cols])                 # pre moves against b_dec
         return None, None, None, g_We, g_b, g_bdec, g_Wd, None, None, None, None
 
 
