@@ -279,7 +279,7 @@ def test_aux_loss_and_gradients_equal_the_autograd_reference(share, every, resca
     assert torch.equal(aux_rows[0], cols) and aux_rows[1] == every
     with torch.no_grad():                                   # the pre-activations the encoder's pass hands over
         pre = m._encode_normalised(xn)[::every][:, cols]
-    got = m._aux_loss(xn, residual, aux_rows, pre)
+    got = m._aux_loss(xn, residual, residual.square().sum(1), aux_rows, pre)
     got.backward()
     grads = [p.grad.clone() for p in params]
     for p in params:

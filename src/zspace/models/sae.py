@@ -203,6 +203,12 @@ class _SparseDecode(torch.autograd.Function):
         return None, g_vals, g_W
 
 
+def _column_sums(idx: torch.Tensor, g: torch.Tensor, width: int) -> torch.Tensor:
+    """(width,): sum of g[b, j] over every (b, j) with idx[b, j] = column: the bias gradient of
+    features read through k indices per row."""
+    return torch.zeros(width, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+
+
 # The ranking product's row chunks have at least this many rows: the CPU's matrix product is slow on
 # thin pieces (4096 x 384 x 12288 in bf16, one thread: 85-row pieces 144 GFLOP/s, 256-row pieces 176;
 # a MiniLM 32x TopK step 550 -> 460 ms, benchmarks/RESULTS.md "SAEs against SAELens and sparsify").
@@ -261,7 +267,7 @@ class _TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_W = scatter_outer(idx, g, xc, Wt.shape[0]).t()
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            g_b = torch.zeros(Wt.shape[0], dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+            g_b = _column_sums(idx, g, Wt.shape[0])
             if ctx.needs_input_grad[3]:      # -sum over rows of d pre / d xc: one product with the summed g
                 g_bdec = -(g_b @ Wt)
         return g_xn, g_W, g_b, g_bdec, None, None, None
@@ -284,7 +290,7 @@ class _AuxK(torch.autograd.Function):
     autograd's accumulation 3x slower)."""
 
     @staticmethod
-    def forward(ctx, xn, residual, pre, W_enc, b_enc, b_dec, W_dec, cols, k, low, rescale):
+    def forward(ctx, xn, residual, e_e, pre, W_enc, b_enc, b_dec, W_dec, cols, k, low, rescale):
         sparse = 4 * k <= len(cols)
         dt = xn.dtype if sparse or low is None else low
         with torch.autocast(xn.device.type, enabled=False):
@@ -299,12 +305,13 @@ class _AuxK(torch.autograd.Function):
                     j = row_topk(pre, k)[1]
                     f = torch.zeros_like(pre).scatter_(1, j, pre.gather(1, j).clamp_min_(0))
                 else:
-                    j, f = None, pre.clamp_min(0)
+                    f = pre.clamp_min(0)
                 e_hat = f @ Wd
             e_hat = e_hat.to(residual.dtype)                                      # (R, d)
             # the loss from three numbers per row, no (R, d) difference formed: ||s e_hat - e||^2 =
-            # s^2 ||e_hat||^2 - 2 s <e_hat, e> + ||e||^2; the variance from the same ||e||^2
-            eh_e, eh_eh, e_e = (torch.linalg.vecdot(a, b) for a, b in ((e_hat, residual), (e_hat, e_hat), (residual, residual)))
+            # s^2 ||e_hat||^2 - 2 s <e_hat, e> + ||e||^2 (e_e, the caller's squared error per row); the
+            # variance from the same ||e||^2
+            eh_e, eh_eh = torch.linalg.vecdot(e_hat, residual), torch.linalg.vecdot(e_hat, e_hat)
             if rescale:    # each row's least-squares scale, held constant: the loss sees e_hat's direction
                 s = (eh_e / eh_eh.clamp_min(1e-12)).clamp_(0, 1)
             else:
@@ -328,8 +335,7 @@ class _AuxK(torch.autograd.Function):
                 g_f = gather_dot(g_e, Wd, j).mul_(f > 0)                          # (R, k)
                 g_Wd_cols = scatter_outer(j, f, g_e, n)                          # (n, d)
                 g_We_cols = scatter_outer(j, g_f, xl, n).t()                     # (d, n)
-                g_b_cols = torch.zeros(n, dtype=g_f.dtype, device=g_f.device).index_add_(
-                    0, j.reshape(-1), g_f.reshape(-1))
+                g_b_cols = _column_sums(j, g_f, n)
             else:                           # through the ReLU and the top k, densely
                 g_pre = (g_e @ Wd.t()).mul_(f > 0)
                 g_Wd_cols, g_We_cols, g_b_cols = f.t() @ g_e, (g_pre.t() @ xl).t(), g_pre.sum(0, dtype=residual.dtype)
@@ -340,7 +346,7 @@ class _AuxK(torch.autograd.Function):
             g_b = torch.zeros(W_enc.shape[1], dtype=residual.dtype, device=residual.device)
             g_b[cols] = g_b_cols.to(residual.dtype)
             g_bdec = -(W_enc[:, cols].to(g_b.dtype) @ g_b[cols])                 # pre moves against b_dec
-        return None, None, None, g_We, g_b, g_bdec, g_Wd, None, None, None, None
+        return None, None, None, None, g_We, g_b, g_bdec, g_Wd, None, None, None, None
 
 
 def sparse_decode(idx: torch.Tensor, vals: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -580,7 +586,7 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         terms = {"mse": sse.detach() / c.d, "l0": l0, "sparsity": sparsity.detach()}
         if self.training:
             if aux_rows is not None:
-                aux = self._aux_loss(xn, err.detach(), aux_rows, aux_pre)
+                aux = self._aux_loss(xn, err.detach(), sse.detach(), aux_rows, aux_pre)
                 loss = loss + c.aux_weight * aux
                 terms["aux"] = aux.detach().expand(len(x))
             with torch.no_grad():
@@ -598,12 +604,12 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         every = math.ceil(len(cols) / (c.aux_share * c.width)) if c.aux_share and len(cols) > c.aux_share * c.width else 1
         return cols, every
 
-    def _aux_loss(self, xn: torch.Tensor, residual: torch.Tensor, aux_rows: tuple[torch.Tensor, int],
-                  pre: torch.Tensor) -> torch.Tensor:
+    def _aux_loss(self, xn: torch.Tensor, residual: torch.Tensor, sse: torch.Tensor,
+                  aux_rows: tuple[torch.Tensor, int], pre: torch.Tensor) -> torch.Tensor:
         """Gao et al.'s L_aux: the top aux_k dead latents reconstruct the residual, normalised by
-        the residual's variance, on the rows and dead columns ``aux_rows`` names (``_aux_rows``), with
-        their pre-activations ``pre`` from the encoder's pass; with no more dead columns than aux_k, all
-        of them take part. Its four products over the dead columns cost 4 x dead / width of the
+        the residual's variance (from ``sse``, its squared length per row), on the rows and dead
+        columns ``aux_rows`` names (``_aux_rows``), with their pre-activations ``pre`` from the
+        encoder's pass; with no more dead columns than aux_k, all of them take part. Its four products over the dead columns cost 4 x dead / width of the
         encoder's product while they are dense (``_AuxK``), more than the rest of a step once many
         features are dead (MiniLM, 3072 features, k = 8, 41% dead: 190 of 300 ms at 4096 rows). So
         while more than ``aux_share`` of the features are dead it reads every n-th row only, n =
@@ -621,8 +627,8 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         the training tokens with Gao et al.'s plain form (benchmarks/RESULTS.md, "SAE aux-k")."""
         c = self.config
         cols, every = aux_rows
-        return _AuxK.apply(xn[::every], residual[::every], pre, self.W_enc, self.b_enc, self.b_dec, self.W_dec, cols,
-                           min(c.aux_k, len(cols)), _low_precision(xn.device), c.aux_rescale)
+        return _AuxK.apply(xn[::every], residual[::every], sse[::every], pre, self.W_enc, self.b_enc, self.b_dec,
+                           self.W_dec, cols, min(c.aux_k, len(cols)), _low_precision(xn.device), c.aux_rescale)
 
     def describe(self) -> str:
         c = self.config
