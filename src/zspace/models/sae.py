@@ -285,9 +285,8 @@ class _AuxK(torch.autograd.Function):
     dense products in ``low`` precision (bf16 under autocast), every operand cast once; with many
     more dead than k (MiniLM 32x early on: 3,700 dead, k = 256) through the k chosen per row, in fp32
     with the values the encoder's pass ranked them by (``sparse_decode``'s gathers and scatters), a
-    14th of the work. Loss and gradients come back in
-    the parameters' dtype and memory layout (fp32; a gradient laid out unlike its parameter made
-    autograd's accumulation 3x slower)."""
+    14th of the work. Loss and gradients come back in the parameters' dtype and memory layout (fp32;
+    a gradient laid out unlike its parameter made autograd's accumulation 3x slower)."""
 
     @staticmethod
     def forward(ctx, xn, residual, e_e, pre, W_enc, b_enc, b_dec, W_dec, cols, k, low, rescale):
@@ -345,7 +344,7 @@ class _AuxK(torch.autograd.Function):
             g_Wd[cols] = g_Wd_cols.to(residual.dtype)
             g_b = torch.zeros(W_enc.shape[1], dtype=residual.dtype, device=residual.device)
             g_b[cols] = g_b_cols.to(residual.dtype)
-            g_bdec = -(W_enc[:, cols].to(g_b.dtype) @ g_b[cols])                 # pre moves against b_dec
+            g_bdec = -(W_enc[:, cols].to(g_b.dtype) @ g_b_cols.to(g_b.dtype))    # pre moves against b_dec
         return None, None, None, None, g_We, g_b, g_bdec, g_Wd, None, None, None, None
 
 
@@ -609,9 +608,10 @@ class SparseAutoencoder(Model, ContinuousCode, Reconstructs):
         """Gao et al.'s L_aux: the top aux_k dead latents reconstruct the residual, normalised by
         the residual's variance (from ``sse``, its squared length per row), on the rows and dead
         columns ``aux_rows`` names (``_aux_rows``), with their pre-activations ``pre`` from the
-        encoder's pass; with no more dead columns than aux_k, all of them take part. Its four products over the dead columns cost 4 x dead / width of the
-        encoder's product while they are dense (``_AuxK``), more than the rest of a step once many
-        features are dead (MiniLM, 3072 features, k = 8, 41% dead: 190 of 300 ms at 4096 rows). So
+        encoder's pass; with no more dead columns than aux_k, all of them take part. Its four products
+        over the dead columns cost 4 x dead / width of the encoder's product while they are dense
+        (``_AuxK``), more than the rest of a step once many features are dead (MiniLM, 3072
+        features, k = 8, 41% dead: 190 of 300 ms at 4096 rows). So
         while more than ``aux_share`` of the features are dead it reads every n-th row only, n =
         ceil(dead / (aux_share x width)): an unbiased estimate of the batch's loss at a capped cost. With
         few dead it reads every row: revival rests on the rare rows where a dead latent comes
